@@ -1,0 +1,105 @@
+"""``analyze(path)``: everything sdforensics can tell about one checkpoint, as one value.
+
+The flow is one-way: the file is opened and its headers interpreted (:mod:`sdforensics.passes`),
+its tensors streamed once to the collectors, and the results assembled into an
+:class:`Analysis`, which renders itself as text, JSON or HTML and in Jupyter.
+
+>>> from sdforensics import analyze                      # doctest: +SKIP
+>>> a = analyze("model.safetensors")                     # doctest: +SKIP
+>>> a.architecture.family, a.hashes.autov2               # doctest: +SKIP
+('sd1', '6ce0161689')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdforensics.arch import ArchitectureReport
+from sdforensics.hashing import FileHashes
+from sdforensics.identity import Identity, IdentityCollector, identity_problems
+from sdforensics.metadata import Metadata, decode
+from sdforensics.passes import Layout, Progress, open_and_layout, stream
+from sdforensics.problems import Problem, problem
+from sdforensics.safetext import printable
+from sdforensics.tables import architecture
+
+SCHEMA = "sdforensics.analysis/1"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The result of :func:`analyze`. Fields not computed are None."""
+
+    path: Path
+    layout: Layout
+    hashes: FileHashes | None
+    identity: Identity
+    metadata: Metadata
+    problems: tuple[Problem, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Results of later stages (registry matches, similarity, recipe), keyed by JSON field."""
+
+    @property
+    def architecture(self) -> ArchitectureReport:
+        return self.layout.architecture
+
+    def to_json(self) -> dict[str, Any]:
+        from sdforensics.render_json import analysis_to_json
+
+        return analysis_to_json(self)
+
+    def to_text(self) -> str:
+        from sdforensics.render_text import analysis_to_text
+
+        return analysis_to_text(self)
+
+    def _repr_html_(self) -> str:
+        from sdforensics.render_html import analysis_to_html
+
+        return analysis_to_html(self, fragment=True)
+
+
+def junk_keys(layout: Layout) -> list[str]:
+    arch = layout.architecture
+    if arch.name is None:
+        return []
+    spec = architecture(arch.name)
+    known = set(spec.keys) | set(spec.optional_keys)
+    return [i.name for i in layout.infos if i.name not in known and spec.component_of(i.name) is None]
+
+
+def collect(
+    path: Path,
+    consumers: list[Any] | None = None,
+    progress: Progress | None = None,
+    keep_collector: list[Any] | None = None,
+) -> Analysis:
+    """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison)."""
+    ckpt, layout = open_and_layout(Path(path))
+    collector = IdentityCollector()
+    try:
+        hashes = stream(ckpt, layout, [collector, *(consumers or [])], progress)
+    finally:
+        ckpt.close()
+    ident = collector.result(layout.architecture)
+    if keep_collector is not None:
+        keep_collector.append(collector)
+    meta = decode(layout.format.metadata)
+    junk = junk_keys(layout)
+    problems = identity_problems(layout.architecture, ident, len(junk), junk)
+    for note in layout.format.findings:
+        problems.append(problem("container", "warning", printable(note, 300)))
+    for name in layout.duplicates[:3]:
+        problems.append(problem("duplicate_key", "warning", f"two stored names map to {printable(name, 120)}"))
+    for text in meta.problems:
+        problems.append(problem("metadata", "info", text))
+    return Analysis(
+        path=Path(path),
+        layout=layout,
+        hashes=hashes,
+        identity=ident,
+        metadata=meta,
+        problems=tuple(problems),
+    )

@@ -1,0 +1,171 @@
+"""The library API the CLI and notebooks call: analyze, fingerprint, compare.
+
+Each function reads its input once (:mod:`sdforensics.passes`), then hands arrays to the math
+modules (:mod:`sdforensics.compare`, :mod:`sdforensics.estimate`) and returns values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdforensics.analysis import Analysis, collect
+from sdforensics.compare import Similarity, component_digests, identical_components, similarity
+from sdforensics.errors import SdfError
+from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, resolve_device
+from sdforensics.library import Reference, load_references, search_path
+from sdforensics.passes import Progress
+from sdforensics.tables import architecture, block_maps
+
+
+def _identity(a: Analysis) -> dict[str, Any]:
+    arch = a.architecture
+    h = a.hashes
+    return {
+        "family": arch.family,
+        "arch": arch.name,
+        "width_factor": arch.width_factor,
+        "components": list(arch.components),
+        "sha256": h.sha256 if h else None,
+        "autov2": h.autov2 if h else None,
+        "autov1": h.autov1 if h else None,
+        "component_hashes": a.identity.component_hashes,
+        "source_file": a.path.name,
+    }
+
+
+def fingerprint_model(
+    path: Path, device: str = "auto", progress: Progress | None = None, scheme: Scheme | None = None
+) -> tuple[Analysis, Fingerprint]:
+    """Read ``path`` once: its identity analysis and its fingerprint."""
+    fper = Fingerprinter(scheme, resolve_device(device))
+    collector_ref: list[Any] = []
+    analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref)
+    digests = collector_ref[0].digests if collector_ref else {}
+    return analysis, fper.result(_identity(analysis), digests)
+
+
+def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> list[dict[str, Any]] | None:
+    from sdforensics.registry import load_registry, shipped_registry
+
+    try:
+        reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
+    except SdfError:
+        raise
+    out: list[dict[str, Any]] = []
+    if a.hashes is not None:
+        for m in reg.match_file(a.hashes.sha256, a.hashes.autov2, a.hashes.autov1):
+            out.append(_match_json(m))
+    for comp, h in a.identity.component_hashes.items():
+        for m in reg.match_component(comp, h):
+            out.append(_match_json(m))
+    return out
+
+
+def _match_json(m: Any) -> dict[str, Any]:
+    from sdforensics.registry import lineage_hint
+
+    e = m.entry
+    return {"name": e.name, "family": e.family, "kind": e.kind, "file": e.file, "how": m.how,
+            "strength": m.strength, "warning": m.warning, "source": e.source,
+            "lineage": lineage_hint(e), "official": e.official}
+
+
+def pick_base(refs: list[Reference], family: str | None) -> int | None:
+    for i, r in enumerate(refs):
+        if r.entry.official and r.entry.family == family:
+            return i
+    return None
+
+
+def compatible(target: Fingerprint, refs: list[Reference]) -> list[Reference]:
+    """References made with the same scheme and width as the target."""
+    w = target.identity.get("width_factor")
+    return [r for r in refs if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor") == w]
+
+
+def analyze(
+    path: Path,
+    library: Path | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    registry_dirs: list[Path] | None = None,
+) -> Analysis:
+    """Fingerprint ``path``, compare it with the reference library, estimate its recipe."""
+    analysis, fp = fingerprint_model(Path(path), device, progress)
+    extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
+    family = analysis.architecture.family
+    refs = compatible(fp, load_references(search_path(library), family)) if family else []
+    extras["library"] = {"searched": [str(p) for p in search_path(library)], "references": len(refs)}
+    if refs:
+        arch = architecture(analysis.architecture.name or family or "")
+        blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
+        ref_hashes = [(r.name, component_digests(r.fingerprint, arch)) for r in refs]
+        extras["identical"] = identical_components(analysis.identity.component_hashes, ref_hashes)
+        base = pick_base(refs, family)
+        sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)
+        extras["similarity"] = similarity_json(sim)
+        recipe = estimate(fp, refs, base, sim)
+        if recipe is not None:
+            extras["recipe"], extras["summary"], extras["_estimate"] = recipe
+    else:
+        extras["summary"] = ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
+    return replace(analysis, extras=extras)
+
+
+def estimate(fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity) -> tuple[Any, Any, Any] | None:
+    from sdforensics.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
+
+    layers = []
+    for row in sim.layers:
+        t = fp.tensors[row.key]
+        rp = [r.fingerprint.tensors[row.key] for r in refs]
+        sample_t = t.sample if t.sample is not None else np.zeros(0)
+        sample_r = np.stack([p.sample if p.sample is not None else np.zeros(0) for p in rp])
+        layers.append(LayerData(
+            key=row.key, block=row.block, component=row.component, target=t.values,
+            refs=np.stack([p.values for p in rp]), sample_target=sample_t, sample_refs=sample_r,
+            sketch2d=t.sketch_shape, numel=t.numel,
+        ))
+    if not layers:
+        return None
+    est = estimate_recipe(layers, [r.name for r in refs], base)
+    return recipe_to_json(est), summarize(est), est
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+def similarity_json(sim: Similarity) -> dict[str, Any]:
+    return {
+        "base": sim.base,
+        "convention": sim.convention,
+        "references": [
+            {"reference": name, "delta_cosine": _num(sim.overall_delta[j]), "raw_cosine": _num(sim.overall_raw[j]),
+             "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)}}
+            for j, name in enumerate(sim.references)
+        ],
+    }
+
+
+def build_official(
+    folder: Path, library: Path, registry_dirs: list[Path] | None, device: str = "auto",
+    progress: Progress | None = None,
+) -> list[tuple[str, Path]]:
+    """Fingerprint the official models in ``folder`` (recognised by SHA-256) into ``library``."""
+    from sdforensics.library import Library
+    from sdforensics.official import find_official_files
+    from sdforensics.registry import load_registry, shipped_registry
+
+    reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
+    lib = Library(library)
+    added = []
+    for path, entry in find_official_files(Path(folder), reg):
+        _, fp = fingerprint_model(path, device, progress)
+        lib.add(fp, entry.name, official=True)
+        added.append((entry.name, path))
+    return added

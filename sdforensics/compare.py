@@ -1,0 +1,146 @@
+"""Similarity of a model to references, layer by layer and block by block (pure math).
+
+Raw cosine of SD weights is ~0.99 for any two models of a family and says little, so the
+main measure is the cosine of *deltas from the family's official base*: how much the change
+the target made points the same way as the change a reference made. Inputs are fingerprints
+(:mod:`sdforensics.fingerprint`): sketch dot products estimate the true ones, and exact small
+tensors enter as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdforensics.fingerprint import Fingerprint
+from sdforensics.hashing import combine_digests
+from sdforensics.tables import Architecture, BlockMap
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    key: str
+    block: str
+    component: str
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Cosines of the target against each reference: per layer, per block and overall."""
+
+    references: tuple[str, ...]
+    base: str | None
+    layers: tuple[LayerRow, ...]
+    blocks: tuple[str, ...]
+    layer_delta: np.ndarray
+    """(n_layers, n_refs) delta cosine; NaN where a delta is zero (e.g. the base itself)."""
+    layer_raw: np.ndarray
+    block_delta: np.ndarray
+    """(n_blocks, n_refs)."""
+    block_raw: np.ndarray
+    overall_delta: np.ndarray
+    overall_raw: np.ndarray
+    convention: str
+
+
+def common_layers(target: Fingerprint, refs: Sequence[Fingerprint], arch: Architecture,
+                  blocks: BlockMap) -> list[LayerRow]:
+    """Float tensors every fingerprint has with the same shape and kind, in target order."""
+    rows = []
+    for name, t in target.tensors.items():
+        if t.dtype.startswith("I") or t.dtype == "BOOL":
+            continue
+        if not all(name in r.tensors and r.tensors[name].shape == t.shape and r.tensors[name].kind == t.kind
+                   for r in refs):
+            continue
+        block = blocks.block_of(name)
+        comp = arch.component_of(name)
+        if block is None or comp is None:
+            continue
+        rows.append(LayerRow(name, block, comp))
+    return rows
+
+
+def _cos(dot: np.ndarray, na: np.ndarray | float, nb: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = np.sqrt(na) * np.sqrt(nb)
+        out = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), np.nan)
+    return np.clip(out, -1.0, 1.0)
+
+
+def similarity(
+    target: Fingerprint,
+    refs: Sequence[Fingerprint],
+    names: Sequence[str],
+    base: int | None,
+    arch: Architecture,
+    blocks: BlockMap,
+) -> Similarity:
+    """Per-layer / per-block delta and raw cosines of ``target`` against ``refs``."""
+    layers = common_layers(target, refs, arch, blocks)
+    n, m = len(layers), len(refs)
+    ldot, lnt, lnr = np.zeros((n, m)), np.zeros(n), np.zeros((n, m))
+    rdot, rnt, rnr = np.zeros((n, m)), np.zeros(n), np.zeros((n, m))
+    for i, row in enumerate(layers):
+        t = target.tensors[row.key].values
+        stack = np.stack([r.tensors[row.key].values for r in refs]) if m else np.zeros((0, len(t)))
+        rdot[i] = stack @ t
+        rnt[i] = t @ t
+        rnr[i] = np.einsum("ij,ij->i", stack, stack)
+        if base is not None:
+            b = stack[base]
+            dt = t - b
+            dr = stack - b
+            ldot[i] = dr @ dt
+            lnt[i] = dt @ dt
+            lnr[i] = np.einsum("ij,ij->i", dr, dr)
+    block_ids = [b for b in blocks.ids if any(r.block == b for r in layers)]
+    idx = {b: i for i, b in enumerate(block_ids)}
+    member = np.zeros((len(block_ids), n))
+    for j, row in enumerate(layers):
+        member[idx[row.block], j] = 1.0
+    nan = np.full((n, m), np.nan)
+    layer_delta = _cos(ldot, lnt[:, None], lnr) if base is not None else nan
+    block_delta = (_cos(member @ ldot, (member @ lnt)[:, None], member @ lnr) if base is not None
+                   else np.full((len(block_ids), m), np.nan))
+    overall_delta = (_cos(ldot.sum(0), lnt.sum(), lnr.sum(0)) if base is not None else np.full(m, np.nan))
+    return Similarity(
+        references=tuple(names),
+        base=names[base] if base is not None else None,
+        layers=tuple(layers),
+        blocks=tuple(block_ids),
+        layer_delta=layer_delta,
+        layer_raw=_cos(rdot, rnt[:, None], rnr),
+        block_delta=block_delta,
+        block_raw=_cos(member @ rdot, (member @ rnt)[:, None], member @ rnr),
+        overall_delta=overall_delta,
+        overall_raw=_cos(rdot.sum(0), rnt.sum(), rnr.sum(0)),
+        convention=blocks.convention,
+    )
+
+
+def component_digests(fp: Fingerprint, arch: Architecture) -> dict[str, str]:
+    """Content hash per component from a fingerprint's tensor digests (same as the identity pass)."""
+    groups: dict[str, dict[str, bytes]] = {}
+    for name, t in fp.tensors.items():
+        comp = arch.component_of(name)
+        if comp is None or not t.digest or t.dtype.startswith("I"):
+            continue
+        groups.setdefault(comp, {})[name] = bytes.fromhex(t.digest)
+    return {c: combine_digests(d) for c, d in groups.items()}
+
+
+def identical_components(target: dict[str, str], refs: Sequence[tuple[str, dict[str, str]]]) -> dict[str, str | None]:
+    """component -> name of the first reference whose component content hash equals the target's."""
+    out: dict[str, str | None] = {"unet": None, "text_encoder": None, "vae": None}
+    for comp in out:
+        h = target.get(comp)
+        if h is None:
+            continue
+        for name, hashes in refs:
+            if hashes.get(comp) == h:
+                out[comp] = name
+                break
+    return out

@@ -1,0 +1,153 @@
+"""What one pass over a checkpoint's tensors tells about its identity (pure math, no I/O).
+
+:class:`IdentityCollector` sees each tensor once (canonical name, header info, values) and
+keeps per-tensor content digests, dtype totals, NaN/Inf counts and the CLIP ``position_ids``
+check. :meth:`IdentityCollector.result` turns that into component content hashes and problems.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from sdforensics.arch import ArchitectureReport
+from sdforensics.hashing import combine_digests, tensor_digest
+from sdforensics.problems import Problem, problem
+from sdforensics.readers.base import TensorInfo
+from sdforensics.safetext import printable
+from sdforensics.tables import architecture
+
+
+@dataclass(frozen=True)
+class TensorIssue:
+    name: str
+    nan: int
+    inf: int
+
+
+@dataclass(frozen=True)
+class Identity:
+    component_hashes: dict[str, str]
+    """component (unet, text_encoder, vae) -> content hash over its float tensors' values."""
+    dtypes: dict[str, int]
+    """dtype code -> number of elements stored in it."""
+    n_tensors: int
+    n_params: int
+    nonfinite: tuple[TensorIssue, ...]
+    position_ids: str | None
+    """None when fine or absent; else what is wrong with them."""
+
+
+class IdentityCollector:
+    """Consumes tensors one at a time; call :meth:`result` after the last."""
+
+    def __init__(self) -> None:
+        self.digests: dict[str, bytes] = {}
+        self.dtypes: Counter[str] = Counter()
+        self.n_tensors = 0
+        self.n_params = 0
+        self.nonfinite: list[TensorIssue] = []
+        self.position_ids: str | None = None
+
+    def consume(self, name: str, info: TensorInfo, tensor: torch.Tensor) -> None:
+        self.n_tensors += 1
+        numel = tensor.numel()
+        self.n_params += numel
+        self.dtypes[info.dtype] += numel
+        if tensor.is_floating_point() and numel:
+            self.digests[name] = tensor_digest(name, tensor)
+            t = tensor if tensor.dtype in (torch.float16, torch.float32, torch.bfloat16) else tensor.float()
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(t).sum())
+                self.nonfinite.append(TensorIssue(name, nan, int((~finite).sum()) - nan))
+        if name.endswith("embeddings.position_ids"):
+            self.position_ids = _check_position_ids(tensor)
+
+    def result(self, arch: ArchitectureReport) -> Identity:
+        comps: dict[str, dict[str, bytes]] = {}
+        if arch.name is not None:
+            spec = architecture(arch.name)
+            for name, digest in self.digests.items():
+                comp = spec.component_of(name)
+                if comp is not None:
+                    comps.setdefault(comp, {})[name] = digest
+        return Identity(
+            component_hashes={c: combine_digests(d) for c, d in sorted(comps.items())},
+            dtypes=dict(self.dtypes),
+            n_tensors=self.n_tensors,
+            n_params=self.n_params,
+            nonfinite=tuple(self.nonfinite),
+            position_ids=self.position_ids,
+        )
+
+
+def _check_position_ids(t: torch.Tensor) -> str | None:
+    n = t.numel()
+    expected = torch.arange(n, dtype=torch.float64)
+    values = t.reshape(-1).to(torch.float64)
+    kind = "integers" if not t.is_floating_point() else f"{t.dtype}".replace("torch.", "")
+    if t.is_floating_point():
+        off = (values - expected).abs()
+        bad = int((off > 0).sum())
+        worst = int(off.argmax()) if n else 0
+        if bad == 0:
+            return f"stored as {kind}, not integers (values are exact; harmless but unusual)"
+        return (
+            f"stored as {kind} and {bad} of {n} are not exact positions (e.g. index {worst} holds "
+            f"{values[worst].item():.6g}): a classic merge artefact that shifts tokens; fix it with a "
+            "position_ids repair (e.g. A1111 model toolkit or sd-mecha)"
+        )
+    bad_idx = (values != expected).nonzero().reshape(-1)
+    if len(bad_idx):
+        i = int(bad_idx[0])
+        return f"{len(bad_idx)} of {n} integer positions are wrong (index {i} holds {int(values[i])})"
+    return None
+
+
+def identity_problems(arch: ArchitectureReport, ident: Identity, n_junk: int, junk_examples: list[str]) -> list[Problem]:
+    """Problems a user should know, from the architecture report and the collected identity."""
+    out: list[Problem] = []
+    if arch.family is None:
+        out.append(problem("unknown_architecture", "warning", f"not a known architecture: {arch.label}"))
+    for comp in arch.missing_components:
+        out.append(problem("missing_component", "warning", f"no {comp} weights in this file"))
+    if arch.n_missing and arch.family is not None:
+        out.append(
+            problem(
+                "missing_keys",
+                "warning",
+                f"{arch.n_missing} expected keys are missing, e.g. {printable(arch.missing_keys[0], 120)}",
+            )
+        )
+    if n_junk:
+        examples = ", ".join(printable(k, 80) for k in junk_examples[:3])
+        out.append(problem("junk_keys", "info", f"{n_junk} keys belong to no known component, e.g. {examples}"))
+    if arch.ema:
+        out.append(
+            problem("ema_present", "info", "EMA weights are stored too (model_ema.*): the file is larger than "
+                    "needed for inference; a pruned copy keeps one set")
+        )
+    floats = {k: v for k, v in ident.dtypes.items() if k.startswith(("F", "BF"))}
+    total = sum(floats.values())
+    if total and floats.get("F32", 0) / total > 0.5:
+        out.append(problem("fp32_weights", "info", "weights are stored in fp32; fp16 halves the size with no "
+                           "visible change for inference"))
+    for issue in ident.nonfinite[:5]:
+        out.append(
+            problem("nonfinite", "error", f"tensor {printable(issue.name, 120)} has {issue.nan} NaN and "
+                    f"{issue.inf} Inf values: the model will produce black or noisy images")
+        )
+    if len(ident.nonfinite) > 5:
+        out.append(problem("nonfinite", "error", f"... and {len(ident.nonfinite) - 5} more tensors with NaN/Inf"))
+    if ident.position_ids is not None:
+        sev = "info" if "harmless" in ident.position_ids else "warning"
+        out.append(problem("position_ids", sev, f"CLIP position_ids {ident.position_ids}"))
+    if arch.width_factor != 1:
+        out.append(
+            problem("reduced_width", "info", f"tensor widths are 1/{arch.width_factor} of the release "
+                    "architecture (a synthetic or test model)")
+        )
+    return out

@@ -1,0 +1,91 @@
+"""The contract every checkpoint reader keeps.
+
+A reader is opened on an untrusted path, validates what it can from headers alone, and then
+offers two views:
+
+* :meth:`Checkpoint.infos` -- the tensors' names, shapes and dtypes, from headers only;
+* :meth:`Checkpoint.tensors` -- the tensors themselves, one at a time, in file order, so a
+  7 GB file never has to be held in memory.
+
+Names are the names *as stored*; :mod:`sdforensics.keymap` turns them into the canonical
+single-file (ldm/sgm) names the rest of the package uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as a header describes it (no data)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    """safetensors dtype code, e.g. ``F16`` (see :mod:`sdforensics.dtypes`)."""
+    nbytes: int
+    source: str = ""
+    """Which file of a multi-file checkpoint holds it (diffusers folders, shards); "" otherwise."""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class PickleGlobal:
+    """A ``module.name`` global that a pickle references, with our verdict on it."""
+
+    module: str
+    name: str
+    verdict: str
+    """``safe``, ``suspicious`` or ``dangerous``."""
+    member: str = ""
+    """The pickle inside a zip archive (``archive/data.pkl``) or "" for a plain pickle."""
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What kind of container a checkpoint is, and what its reader noticed about it."""
+
+    container: str
+    """``safetensors``, ``pickle-zip``, ``pickle-legacy``, ``diffusers``, ``sharded-safetensors``."""
+    files: tuple[Path, ...]
+    metadata: dict[str, str] = field(default_factory=dict)
+    """``__metadata__`` of a safetensors file (string to string), or {}."""
+    globals: tuple[PickleGlobal, ...] = ()
+    """Every global a pickle names (pickle formats only)."""
+    findings: tuple[str, ...] = ()
+    """Anomalies that did not stop reading (trailing bytes, odd zip members ...)."""
+
+
+@runtime_checkable
+class Checkpoint(Protocol):
+    """An opened, header-validated checkpoint."""
+
+    path: Path
+
+    def format(self) -> FormatInfo: ...
+
+    def infos(self) -> list[TensorInfo]:
+        """Every tensor, from headers only, in file order."""
+        ...
+
+    def tensors(self) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
+        """Every tensor with its values, one at a time, in file order (CPU tensors)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,276 @@
+"""A validating, streaming reader for ``.safetensors`` files.
+
+The header is checked before anything in it is trusted: its length against a cap and the
+file size, UTF-8 JSON object, no duplicate names, known dtypes, shapes and offsets that are
+non-negative integers, ``numel x itemsize`` equal to the byte range, ranges inside the file,
+starting at 0 with no gap and no overlap. Tensor data is then read with plain bounded reads
+(no memory map, so a file truncated under us is an error, not a SIGBUS), one tensor at a time
+in offset order.
+
+>>> ckpt = open_safetensors(Path("model.safetensors"))  # doctest: +SKIP
+>>> [i.name for i in ckpt.infos()][:2]                   # doctest: +SKIP
+['first_stage_model.decoder.conv_in.bias', 'first_stage_model.decoder.conv_in.weight']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from sdforensics.dtypes import DTYPES
+from sdforensics.errors import CorruptFileError
+from sdforensics.readers.base import FormatInfo, TensorInfo
+
+HEADER_CAP = 100 * 1024 * 1024
+"""Largest JSON header we accept (the safetensors library uses the same 100 MB cap)."""
+
+ByteTap = Callable[[memoryview | bytes], None]
+"""Receives every byte of the file, in order, as :meth:`SafetensorsCheckpoint.tensors` reads it."""
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header: tensors in offset order, metadata, and where data starts."""
+
+    infos: tuple[TensorInfo, ...]
+    offsets: tuple[int, ...]
+    """Absolute file offset of each tensor's first byte (same order as ``infos``)."""
+    metadata: dict[str, str]
+    header_len: int
+    data_start: int
+    data_end: int
+    file_size: int
+    findings: tuple[str, ...]
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """True when the first bytes are an 8-byte little-endian length followed by ``{``."""
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= HEADER_CAP and head[8:9] == b"{"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number literal {name} is not allowed")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate name {key!r}")
+        out[key] = value
+    return out
+
+
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(name: str) -> str:
+    text = name if len(name) <= 80 else name[:77] + "..."
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
+    """Validate header bytes of a file of ``file_size`` bytes; ``where`` names it in errors."""
+    header_len = len(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"{where}: the header is not valid UTF-8 (byte {err.start})") from err
+    stripped = text.rstrip(" ")
+    if not stripped.startswith("{"):
+        raise CorruptFileError(f"{where}: the header is not a JSON object (it starts with {text[:8]!r})")
+    try:
+        doc = json.loads(stripped, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except RecursionError as err:
+        raise CorruptFileError(f"{where}: the header JSON is nested too deeply") from err
+    except ValueError as err:
+        raise CorruptFileError(f"{where}: the header is not valid JSON: {_short(str(err))}") from err
+    if not isinstance(doc, dict):
+        raise CorruptFileError(f"{where}: the header is not a JSON object")
+
+    findings: list[str] = []
+    metadata: dict[str, str] = {}
+    raw_meta = doc.pop("__metadata__", None)
+    if raw_meta is not None:
+        if not isinstance(raw_meta, dict):
+            raise CorruptFileError(f"{where}: __metadata__ must be an object of strings")
+        for key, value in raw_meta.items():
+            if not isinstance(value, str):
+                findings.append(f"__metadata__[{_short(key)}] is not a string; shown as JSON")
+                value = json.dumps(value)
+            metadata[key] = value
+
+    data_size = file_size - 8 - header_len
+    entries: list[tuple[int, int, TensorInfo]] = []
+    for name, entry in doc.items():
+        label = _short(name)
+        if not isinstance(entry, dict):
+            raise CorruptFileError(f"{where}: tensor {label!r} is not described by an object")
+        for field in ("dtype", "shape", "data_offsets"):
+            if field not in entry:
+                raise CorruptFileError(f"{where}: tensor {label!r} has no {field!r}")
+        extra = set(entry) - {"dtype", "shape", "data_offsets"}
+        if extra:
+            findings.append(f"tensor {label!r} has unknown fields {sorted(extra)}")
+        code = entry["dtype"]
+        if not isinstance(code, str) or code not in DTYPES:
+            raise CorruptFileError(
+                f"{where}: tensor {label!r} has unknown dtype {code!r} (expected one of {', '.join(DTYPES)})"
+            )
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise CorruptFileError(f"{where}: tensor {label!r} has an invalid shape {shape!r}")
+        offsets = entry["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
+            raise CorruptFileError(f"{where}: tensor {label!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if end < begin:
+            raise CorruptFileError(f"{where}: tensor {label!r} ends ({end}) before it begins ({begin})")
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * DTYPES[code].itemsize
+        if nbytes != end - begin:
+            raise CorruptFileError(
+                f"{where}: tensor {label!r} is {shape} x {code} = {nbytes:,} bytes "
+                f"but its data_offsets span {end - begin:,} bytes"
+            )
+        if end > data_size:
+            raise CorruptFileError(
+                f"{where}: tensor {label!r} ends at byte {end:,} of the data section but the file holds "
+                f"only {max(data_size, 0):,} bytes of data; the file is truncated. Download it again."
+            )
+        entries.append((begin, end, TensorInfo(name, tuple(shape), code, nbytes)))
+
+    entries.sort(key=lambda e: (e[0], e[1]))
+    cursor = 0
+    for begin, end, info in entries:
+        if begin < cursor:
+            raise CorruptFileError(f"{where}: tensor {_short(info.name)!r} overlaps the previous tensor's bytes")
+        if begin > cursor:
+            raise CorruptFileError(
+                f"{where}: {begin - cursor:,} unused bytes before tensor {_short(info.name)!r} (a gap in the data)"
+            )
+        cursor = end
+    if cursor < data_size:
+        findings.append(
+            f"{data_size - cursor:,} trailing bytes after the last tensor (not part of any tensor; "
+            "possibly an appended file)"
+        )
+    data_start = 8 + header_len
+    return SafetensorsHeader(
+        infos=tuple(e[2] for e in entries),
+        offsets=tuple(data_start + e[0] for e in entries),
+        metadata=metadata,
+        header_len=header_len,
+        data_start=data_start,
+        data_end=data_start + cursor,
+        file_size=file_size,
+        findings=tuple(findings),
+    )
+
+
+def read_header(fh: BinaryIO, file_size: int, where: str) -> tuple[bytes, SafetensorsHeader]:
+    """Read and validate the header from an open file positioned at 0."""
+    head = fh.read(8)
+    if len(head) < 8:
+        raise CorruptFileError(f"{where}: {file_size} bytes is too short for a safetensors file (need 8+)")
+    (n,) = struct.unpack("<Q", head)
+    if n > HEADER_CAP:
+        raise CorruptFileError(f"{where}: header length {n:,} exceeds the {HEADER_CAP:,}-byte cap")
+    if n > file_size - 8:
+        raise CorruptFileError(
+            f"{where}: header length {n:,} is larger than the file ({file_size:,} bytes); the file is truncated"
+        )
+    raw = fh.read(n)
+    if len(raw) != n:
+        raise CorruptFileError(f"{where}: the file ended inside its header")
+    return head + raw, parse_header(raw, file_size, where)
+
+
+class SafetensorsCheckpoint:
+    """An opened, validated ``.safetensors`` file (see :mod:`sdforensics.readers.base`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._where = str(path)
+        try:
+            self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise CorruptFileError(f"{path}: cannot open: {err.strerror}") from err
+        try:
+            size = os.fstat(self._fh.fileno()).st_size
+            self._head_bytes, self.header = read_header(self._fh, size, self._where)
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def format(self) -> FormatInfo:
+        return FormatInfo(
+            container="safetensors",
+            files=(self.path,),
+            metadata=dict(self.header.metadata),
+            findings=self.header.findings,
+        )
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self.header.infos)
+
+    def tensors(self, tap: ByteTap | None = None) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
+        """Yield tensors in offset order. ``tap`` (optional) sees every byte of the file in order."""
+        fh = self._fh
+        if tap is not None:
+            tap(self._head_bytes)
+        fh.seek(self.header.data_start)
+        for info, offset in zip(self.header.infos, self.header.offsets, strict=True):
+            buf = bytearray(info.nbytes)
+            if info.nbytes:
+                fh.seek(offset)
+                try:
+                    got = fh.readinto(buf)
+                except OSError as err:
+                    raise CorruptFileError(f"{self._where}: read error in {_short(info.name)!r}: {err}") from err
+                if got != info.nbytes:
+                    raise CorruptFileError(
+                        f"{self._where}: the file ended inside tensor {_short(info.name)!r} "
+                        "(it changed or was truncated while being read)"
+                    )
+                if tap is not None:
+                    tap(buf)
+            yield info, _to_tensor(buf, info)
+        if tap is not None:
+            fh.seek(self.header.data_end)
+            while chunk := fh.read(16 << 20):
+                tap(chunk)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> SafetensorsCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _to_tensor(buf: bytearray, info: TensorInfo) -> torch.Tensor:
+    dtype = DTYPES[info.dtype].torch_dtype
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+
+
+def open_safetensors(path: Path) -> SafetensorsCheckpoint:
+    """Open and validate ``path``; raises :class:`~sdforensics.errors.CorruptFileError` on bad input."""
+    return SafetensorsCheckpoint(Path(path))

@@ -1,0 +1,101 @@
+"""The terminal summary: what the file is, what it is made of, how sure we are.
+
+Every string that came from the file goes through :func:`~sdforensics.safetext.printable`, so
+a tensor name or metadata value cannot move the cursor or colour the terminal.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sdforensics.safetext import printable
+
+if TYPE_CHECKING:
+    from sdforensics.analysis import Analysis
+
+_MARK = {"error": "!!", "warning": "! ", "info": "- "}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def identity_lines(a: Analysis) -> list[str]:
+    arch = a.architecture
+    lines = [f"{printable(str(a.path), 200)}"]
+    fmt = a.layout.format.container
+    comps = ", ".join(arch.components) or "none recognised"
+    if arch.family:
+        variant = "" if arch.variant == "standard" else f", {arch.variant}"
+        lines.append(f"  what     {arch.label}{variant} ({comps}); {fmt}")
+    else:
+        lines.append(f"  what     {arch.label}; {fmt}")
+    if arch.runner_up and arch.match and arch.runner_up.score >= arch.match.score - 1e-9:
+        lines.append(f"           equally consistent with {arch.runner_up.label} (these parts are shared)")
+    if arch.text_encoders:
+        lines.append(f"  text enc {', '.join(arch.text_encoders)}")
+    ident = a.identity
+    dtypes = ", ".join(f"{k} {v / max(ident.n_params, 1):.0%}" for k, v in sorted(ident.dtypes.items(), key=lambda kv: -kv[1]))
+    lines.append(f"  tensors  {ident.n_tensors:,} ({_params(ident.n_params)} values; {dtypes})")
+    if a.hashes:
+        h = a.hashes
+        lines.append(f"  size     {_size(h.bytes)} ({h.bytes:,} bytes)")
+        lines.append(f"  sha256   {h.sha256}")
+        lines.append(
+            f"  hashes   AutoV2 {h.autov2}  AutoV1 {h.autov1 or '-'}  AutoV3 {(h.autov3 or '-')[:12]}  "
+            f"CRC32 {h.crc32}"
+        )
+        lines.append(f"           BLAKE3 {h.blake3}")
+    if ident.component_hashes:
+        content = "  ".join(f"{c} {v[:12]}" for c, v in ident.component_hashes.items())
+        lines.append(f"  content  {content}  (value hashes, same across fp16/fp32 re-saves)")
+    for note in a.layout.mapping.notes:
+        lines.append(f"  keys     {printable(note, 200)}")
+    for hint in arch.hints:
+        lines.append(f"  note     {hint}")
+    return lines
+
+
+def _registry_lines(reg: Any) -> list[str]:
+    if not reg:
+        return []
+    out = []
+    for m in reg:
+        if m.get("strength") == "exact":
+            out.append(f"  known    {m['name']} (exact {m['how']} match; source: {m['source']})")
+        else:
+            out.append(f"  hint     {m['name']}? ({m['how']} only: {m.get('warning') or 'weak evidence'})")
+    return out
+
+
+def analysis_to_text(a: Analysis) -> str:
+    lines = identity_lines(a)
+    lines += _registry_lines(a.extras.get("registry"))
+    for key in ("summary",):
+        for line in a.extras.get(key) or []:
+            lines.append(f"  {line}")
+    declared = a.metadata.declared
+    if declared:
+        lines.append(f"  declared {declared.tool}: {printable(declared.text, 300)}")
+    if a.metadata.modelspec:
+        title = a.metadata.modelspec.get("modelspec.title")
+        if title:
+            lines.append(f"  title    {title}")
+    if a.metadata.training:
+        base = a.metadata.training.get("ss_sd_model_name") or a.metadata.training.get("ss_base_model_version")
+        lines.append(f"  training kohya metadata ({len(a.metadata.training)} ss_* keys){f'; base {base}' if base else ''}")
+    if a.problems:
+        lines.append("  problems")
+        for p in a.problems:
+            lines.append(f"    {_MARK[p.severity]} {p.message}")
+    else:
+        lines.append("  problems none found")
+    return "\n".join(lines) + "\n"

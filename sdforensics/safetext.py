@@ -1,0 +1,26 @@
+"""Making untrusted strings (tensor names, metadata) safe to print.
+
+Control characters (including ANSI escape sequences and terminal controls) are shown as
+``\\xNN`` escapes; long values are cut with a note of their length. HTML escaping happens in
+the HTML renderer on top of this.
+
+>>> printable("red\\x1b[31m!")
+'red\\\\x1b[31m!'
+"""
+
+from __future__ import annotations
+
+
+def printable(text: str, limit: int | None = 500) -> str:
+    """``text`` with control characters escaped, cut to ``limit`` characters (None: no cut)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029\u202e\u202d\u2066\u2067\u2068\u2069":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    result = "".join(out)
+    if limit is not None and len(result) > limit:
+        return result[:limit] + f"... ({len(text):,} characters)"
+    return result
