@@ -92,7 +92,9 @@ def collect(
     for note in layout.format.findings:
         problems.append(problem("container", "warning", printable(note, 300)))
     for name in layout.duplicates[:3]:
-        problems.append(problem("duplicate_key", "warning", f"two stored names map to {printable(name, 120)}"))
+        problems.append(
+            problem("duplicate_key", "warning", f"two stored names map to {printable(name, 120)}")
+        )
     for text in meta.problems:
         problems.append(problem("metadata", "info", text))
     return Analysis(

@@ -69,9 +69,18 @@ def _match_json(m: Any) -> dict[str, Any]:
     from sdforensics.registry import lineage_hint
 
     e = m.entry
-    return {"name": e.name, "family": e.family, "kind": e.kind, "file": e.file, "how": m.how,
-            "strength": m.strength, "warning": m.warning, "source": e.source,
-            "lineage": lineage_hint(e), "official": e.official}
+    return {
+        "name": e.name,
+        "family": e.family,
+        "kind": e.kind,
+        "file": e.file,
+        "how": m.how,
+        "strength": m.strength,
+        "warning": m.warning,
+        "source": e.source,
+        "lineage": lineage_hint(e),
+        "official": e.official,
+    }
 
 
 def pick_base(refs: list[Reference], family: str | None) -> int | None:
@@ -84,7 +93,11 @@ def pick_base(refs: list[Reference], family: str | None) -> int | None:
 def compatible(target: Fingerprint, refs: list[Reference]) -> list[Reference]:
     """References made with the same scheme and width as the target."""
     w = target.identity.get("width_factor")
-    return [r for r in refs if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor") == w]
+    return [
+        r
+        for r in refs
+        if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor") == w
+    ]
 
 
 def analyze(
@@ -112,11 +125,15 @@ def analyze(
         if recipe is not None:
             extras["recipe"], extras["summary"], extras["_estimate"] = recipe
     else:
-        extras["summary"] = ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
+        extras["summary"] = (
+            ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
+        )
     return replace(analysis, extras=extras)
 
 
-def estimate(fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity) -> tuple[Any, Any, Any] | None:
+def estimate(
+    fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity
+) -> tuple[Any, Any, Any] | None:
     from sdforensics.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
 
     layers = []
@@ -125,11 +142,19 @@ def estimate(fp: Fingerprint, refs: list[Reference], base: int | None, sim: Simi
         rp = [r.fingerprint.tensors[row.key] for r in refs]
         sample_t = t.sample if t.sample is not None else np.zeros(0)
         sample_r = np.stack([p.sample if p.sample is not None else np.zeros(0) for p in rp])
-        layers.append(LayerData(
-            key=row.key, block=row.block, component=row.component, target=t.values,
-            refs=np.stack([p.values for p in rp]), sample_target=sample_t, sample_refs=sample_r,
-            sketch2d=t.sketch_shape, numel=t.numel,
-        ))
+        layers.append(
+            LayerData(
+                key=row.key,
+                block=row.block,
+                component=row.component,
+                target=t.values,
+                refs=np.stack([p.values for p in rp]),
+                sample_target=sample_t,
+                sample_refs=sample_r,
+                sketch2d=t.sketch_shape,
+                numel=t.numel,
+            )
+        )
     if not layers:
         return None
     est = estimate_recipe(layers, [r.name for r in refs], base)
@@ -145,15 +170,22 @@ def similarity_json(sim: Similarity) -> dict[str, Any]:
         "base": sim.base,
         "convention": sim.convention,
         "references": [
-            {"reference": name, "delta_cosine": _num(sim.overall_delta[j]), "raw_cosine": _num(sim.overall_raw[j]),
-             "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)}}
+            {
+                "reference": name,
+                "delta_cosine": _num(sim.overall_delta[j]),
+                "raw_cosine": _num(sim.overall_raw[j]),
+                "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)},
+            }
             for j, name in enumerate(sim.references)
         ],
     }
 
 
 def build_official(
-    folder: Path, library: Path, registry_dirs: list[Path] | None, device: str = "auto",
+    folder: Path,
+    library: Path,
+    registry_dirs: list[Path] | None,
+    device: str = "auto",
     progress: Progress | None = None,
 ) -> list[tuple[str, Path]]:
     """Fingerprint the official models in ``folder`` (recognised by SHA-256) into ``library``."""

@@ -133,7 +133,9 @@ def detect(infos: Sequence[TensorInfo], ema: bool = False) -> ArchitectureReport
     variant = "standard"
     in_shape = shapes.get(spec["key"])
     if in_shape is not None and len(in_shape) > spec["dim"]:
-        variant = spec["by_channels"].get(str(in_shape[spec["dim"]]), f"{in_shape[spec['dim']]}-channel input")
+        variant = spec["by_channels"].get(
+            str(in_shape[spec["dim"]]), f"{in_shape[spec['dim']]}-channel input"
+        )
     hints = [text for key, text in spec["markers"].items() if key in shapes]
     if arch.family == "sd2" and not hints:
         hints.append("prediction type unknown: SD 2.x 768 models use v-prediction, 512 models epsilon")
@@ -148,7 +150,9 @@ def detect(infos: Sequence[TensorInfo], ema: bool = False) -> ArchitectureReport
         width_factor=factor,
         match=match,
         runner_up=runner if runner and runner.score >= 0.05 else None,
-        missing_components=tuple(c for c in ("unet", "text_encoder", "vae") if c in arch.components and c not in present),
+        missing_components=tuple(
+            c for c in ("unet", "text_encoder", "vae") if c in arch.components and c not in present
+        ),
         missing_keys=tuple(missing[:20]),
         n_missing=len(missing),
         extra_keys=tuple(extra[:20]),

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -21,9 +21,15 @@ from sdforensics.errors import SdfError
 from sdforensics.progress import ProgressBar
 from sdforensics.safetext import printable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="What did the author mix in, and how much?")
-refs_app = typer.Typer(no_args_is_help=True, help="Manage the reference library (fingerprints of known models).")
-synth_app = typer.Typer(no_args_is_help=True, help="Write synthetic checkpoints with real SD layouts (tests, demos).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="What did the author mix in, and how much?"
+)
+refs_app = typer.Typer(
+    no_args_is_help=True, help="Manage the reference library (fingerprints of known models)."
+)
+synth_app = typer.Typer(
+    no_args_is_help=True, help="Write synthetic checkpoints with real SD layouts (tests, demos)."
+)
 app.add_typer(refs_app, name="refs")
 app.add_typer(synth_app, name="synth")
 
@@ -72,7 +78,9 @@ def run(fn: Callable[[], T]) -> T:
     except Exception as err:  # never a traceback for users; say it is our bug
         if os.environ.get("SDF_DEBUG"):
             raise
-        raise _fail(f"unexpected {type(err).__name__}: {err} (a bug in sdforensics; SDF_DEBUG=1 shows details)") from None
+        raise _fail(
+            f"unexpected {type(err).__name__}: {err} (a bug in sdforensics; SDF_DEBUG=1 shows details)"
+        ) from None
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -96,9 +104,13 @@ def analyze(
     model: Annotated[Path, typer.Argument(help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder.")],
     library: LibraryOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.text,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report here instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the report here instead of stdout.")
+    ] = None,
     device: DeviceOpt = Device.auto,
-    registry: Annotated[list[Path] | None, typer.Option(help="Known-model registry file or folder (repeatable).")] = None,
+    registry: Annotated[
+        list[Path] | None, typer.Option(help="Known-model registry file or folder (repeatable).")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fingerprint MODEL, compare it with the reference library, estimate its recipe."""
@@ -146,7 +158,10 @@ def scan(
     from sdforensics.scan import exit_code, render_scan_text, scan_path, scan_to_json
 
     report = run(lambda: scan_path(path))
-    _emit(json.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report), None)
+    _emit(
+        json.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report),
+        None,
+    )
     raise typer.Exit(exit_code(report))
 
 
@@ -178,12 +193,15 @@ def refs_add(
         analysis, fp = fingerprint_model(model, device.value, bar)
         bar.close()
         if analysis.architecture.family is None:
-            raise SdfError(f"{model}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
+            raise SdfError(
+                f"{model}: not a known architecture ({analysis.architecture.label}); cannot be a reference"
+            )
         lib = Library(_target_library(library))
         entry = lib.add(fp, name, official=official)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
-        return f"added {kind} {name!r} ({analysis.architecture.label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"
+        label = analysis.architecture.label
+        return f"added {kind} {name!r} ({label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"
 
     _emit(run(go), None)
 
@@ -191,7 +209,9 @@ def refs_add(
 @refs_app.command("import")
 def refs_import(
     fingerprint: Path,
-    name: Annotated[str | None, typer.Option(help="Name (default: the one stored in the fingerprint).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name (default: the one stored in the fingerprint).")
+    ] = None,
     official: Annotated[bool, typer.Option("--official")] = False,
     library: LibraryOpt = None,
 ) -> None:
@@ -228,7 +248,9 @@ def refs_remove(name: str, library: LibraryOpt = None) -> None:
 def refs_list(
     library: LibraryOpt = None,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.text,
-    registry: Annotated[bool, typer.Option(help="Include the known-model registry (hash-only entries).")] = True,
+    registry: Annotated[
+        bool, typer.Option(help="Include the known-model registry (hash-only entries).")
+    ] = True,
 ) -> None:
     """References with fingerprints, and registry entries known by hash only."""
     from sdforensics.reflist import list_references
@@ -274,7 +296,9 @@ def refs_verify(library: LibraryOpt = None) -> None:
 def refs_build_official(
     from_dir: Annotated[Path, typer.Option("--from", help="Folder with official models you downloaded.")],
     library: LibraryOpt = None,
-    registry: Annotated[list[Path] | None, typer.Option(help="Registry file or folder (default: shipped).")] = None,
+    registry: Annotated[
+        list[Path] | None, typer.Option(help="Registry file or folder (default: shipped).")
+    ] = None,
     device: DeviceOpt = Device.auto,
     quiet: QuietOpt = False,
 ) -> None:
@@ -282,8 +306,9 @@ def refs_build_official(
     from sdforensics.api import build_official
 
     def go() -> str:
-        added = build_official(from_dir, _target_library(library), registry, device.value,
-                               _bar("fingerprint", quiet))
+        added = build_official(
+            from_dir, _target_library(library), registry, device.value, _bar("fingerprint", quiet)
+        )
         if not added:
             return f"no official model found in {from_dir} (files are recognised by their SHA-256)"
         return "\n".join(f"added official {n!r} from {printable(str(p), 200)}" for n, p in added)
@@ -299,7 +324,9 @@ def synth_family(
     out: Path,
     family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl")] = "sd1",
     width: Annotated[int, typer.Option(help="1 = full size; n = 1/n of the release width")] = 16,
-    finetunes: Annotated[int, typer.Option(help="Number of fine-tunes (the last is a child of the first)")] = 6,
+    finetunes: Annotated[
+        int, typer.Option(help="Number of fine-tunes (the last is a child of the first)")
+    ] = 6,
     seed: int = 0,
     fmt: Annotated[str, typer.Option("--format", help="safetensors, ckpt or diffusers")] = "safetensors",
 ) -> None:
@@ -319,7 +346,9 @@ def synth_merge(
     family: Annotated[str, typer.Option()] = "sd1",
     width: Annotated[int, typer.Option()] = 16,
     seed: int = 0,
-    recipe: Annotated[str, typer.Option(help="e.g. 'ft1:0.6,ft2:0.4' over the family's models (base, ft1..)")] = "ft1:0.65,ft2:0.35",
+    recipe: Annotated[
+        str, typer.Option(help="e.g. 'ft1:0.6,ft2:0.4' over the family's models (base, ft1..)")
+    ] = "ft1:0.65,ft2:0.35",
 ) -> None:
     """Write a weighted merge of members of the synthetic family (same --family/--width/--seed)."""
     from sdforensics.synth import family_specs, parse_recipe, write_safetensors

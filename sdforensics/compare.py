@@ -45,15 +45,18 @@ class Similarity:
     convention: str
 
 
-def common_layers(target: Fingerprint, refs: Sequence[Fingerprint], arch: Architecture,
-                  blocks: BlockMap) -> list[LayerRow]:
+def common_layers(
+    target: Fingerprint, refs: Sequence[Fingerprint], arch: Architecture, blocks: BlockMap
+) -> list[LayerRow]:
     """Float tensors every fingerprint has with the same shape and kind, in target order."""
     rows = []
     for name, t in target.tensors.items():
         if t.dtype.startswith("I") or t.dtype == "BOOL":
             continue
-        if not all(name in r.tensors and r.tensors[name].shape == t.shape and r.tensors[name].kind == t.kind
-                   for r in refs):
+        if not all(
+            name in r.tensors and r.tensors[name].shape == t.shape and r.tensors[name].kind == t.kind
+            for r in refs
+        ):
             continue
         block = blocks.block_of(name)
         comp = arch.component_of(name)
@@ -103,9 +106,12 @@ def similarity(
         member[idx[row.block], j] = 1.0
     nan = np.full((n, m), np.nan)
     layer_delta = _cos(ldot, lnt[:, None], lnr) if base is not None else nan
-    block_delta = (_cos(member @ ldot, (member @ lnt)[:, None], member @ lnr) if base is not None
-                   else np.full((len(block_ids), m), np.nan))
-    overall_delta = (_cos(ldot.sum(0), lnt.sum(), lnr.sum(0)) if base is not None else np.full(m, np.nan))
+    block_delta = (
+        _cos(member @ ldot, (member @ lnt)[:, None], member @ lnr)
+        if base is not None
+        else np.full((len(block_ids), m), np.nan)
+    )
+    overall_delta = _cos(ldot.sum(0), lnt.sum(), lnr.sum(0)) if base is not None else np.full(m, np.nan)
     return Similarity(
         references=tuple(names),
         base=names[base] if base is not None else None,
@@ -132,7 +138,9 @@ def component_digests(fp: Fingerprint, arch: Architecture) -> dict[str, str]:
     return {c: combine_digests(d) for c, d in groups.items()}
 
 
-def identical_components(target: dict[str, str], refs: Sequence[tuple[str, dict[str, str]]]) -> dict[str, str | None]:
+def identical_components(
+    target: dict[str, str], refs: Sequence[tuple[str, dict[str, str]]]
+) -> dict[str, str | None]:
     """component -> name of the first reference whose component content hash equals the target's."""
     out: dict[str, str | None] = {"unet": None, "text_encoder": None, "vae": None}
     for comp in out:

@@ -54,12 +54,14 @@ class Family:
     cache: dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (ref sketches, ref samples)
 
 
-def layer_specs() -> tuple[LayerSpec, ...]:
-    """One 2-D weight (c x 2c) and one bias per SuperMerger block of SD1.5, plus the VAE."""
+def layer_specs(narrow: int = 1) -> tuple[LayerSpec, ...]:
+    """One 2-D weight (c x 2c) and one bias per SuperMerger block of SD1.5, plus the VAE.
+
+    ``c`` is a quarter of SD1.5's width, divided further by ``narrow``."""
     out = []
     for blk in (*supermerger_blocks(["IN11"]), "VAE"):
         comp = "text_encoder" if blk == "BASE" else "vae" if blk == "VAE" else "unet"
-        c = _CHANNELS[blk]
+        c = _CHANNELS[blk] // narrow
         out.append(LayerSpec(f"{blk.lower()}.proj.weight", blk, comp, (c, 2 * c)))
         out.append(LayerSpec(f"{blk.lower()}.proj.bias", blk, comp, (c,)))
     return tuple(out)
@@ -86,6 +88,7 @@ def make_family(
     own_vae: tuple[str, ...] | None = None,
     delta_size: float = 0.03,
     child_size: float = 0.3,
+    narrow: int = 1,
 ) -> Family:
     """A base plus fine-tunes (``name -> parent``; None = from the base), in that order.
 
@@ -93,7 +96,7 @@ def make_family(
     VAE differs from their parent's (default: all).
     """
     rng = np.random.default_rng(seed)
-    specs = layer_specs()
+    specs = layer_specs(narrow)
     base = []
     for s in specs:
         fan_in = s.shape[-1]

@@ -43,8 +43,15 @@ class Scheme:
     exact_max: int = EXACT_MAX
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "k1": self.k1, "k2": self.k2,
-                "samples": self.samples, "exact_max": self.exact_max, "signs": "shake256"}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "k1": self.k1,
+            "k2": self.k2,
+            "samples": self.samples,
+            "exact_max": self.exact_max,
+            "signs": "shake256",
+        }
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,9 @@ class Fingerprint:
         return str(fam) if fam else None
 
     def nbytes(self) -> int:
-        return sum(t.values.nbytes + (t.sample.nbytes if t.sample is not None else 0) for t in self.tensors.values())
+        return sum(
+            t.values.nbytes + (t.sample.nbytes if t.sample is not None else 0) for t in self.tensors.values()
+        )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -120,7 +129,9 @@ class Fingerprinter:
         return self._signs[key]
 
     def consume(self, name: str, info: TensorInfo, tensor: torch.Tensor, digest: str = "") -> None:
-        self.prints[name] = fingerprint_tensor(name, info, tensor, self.scheme, self._proj, self.device, digest)
+        self.prints[name] = fingerprint_tensor(
+            name, info, tensor, self.scheme, self._proj, self.device, digest
+        )
 
     def result(self, identity: dict[str, Any], digests: dict[str, bytes] | None = None) -> Fingerprint:
         """The fingerprint, with content digests (from the identity pass) filled in."""
@@ -163,7 +174,13 @@ def fingerprint_tensor(
     digest: str = "",
 ) -> TensorPrint:
     """The print of one tensor (pure computation; ``proj(n, k, side)`` gives sign matrices)."""
-    x = tensor.to(device=device, dtype=torch.float32) if tensor.is_floating_point() else tensor.to(device).double()
+    if tensor.numel() <= scheme.exact_max:
+        return _exact_print(name, info, tensor, digest)
+    x = (
+        tensor.to(device=device, dtype=torch.float32)
+        if tensor.is_floating_point()
+        else tensor.to(device).double()
+    )
     stats, finite = _stats(x.float() if not x.is_floating_point() else x)
     if not finite:
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -172,17 +189,51 @@ def fingerprint_tensor(
         if numel > scheme.exact_max:  # a long 1-D tensor: a one-sided sign sketch
             r = proj(numel, scheme.k1 * scheme.k2, "vector")
             vals = (x.reshape(1, -1).float() @ r).reshape(-1) / (scheme.k1 * scheme.k2) ** 0.5
-            return TensorPrint(name, info.shape, info.dtype, "sketch", digest, stats,
-                               vals.double().cpu().numpy(), _sample(x, info.shape, scheme))
-        return TensorPrint(name, info.shape, info.dtype, "exact", digest, stats,
-                           x.reshape(-1).double().cpu().numpy())
+            return TensorPrint(
+                name,
+                info.shape,
+                info.dtype,
+                "sketch",
+                digest,
+                stats,
+                vals.double().cpu().numpy(),
+                _sample(x, info.shape, scheme),
+            )
+        return TensorPrint(
+            name, info.shape, info.dtype, "exact", digest, stats, x.reshape(-1).double().cpu().numpy()
+        )
     rows, cols = matrix_view(tuple(x.shape))
     w = x.reshape(rows, cols).float()
     g = proj(rows, scheme.k1, "rows")
     r = proj(cols, scheme.k2, "cols")
     sk = (g.T @ (w @ r)) / (scheme.k1 * scheme.k2) ** 0.5
-    return TensorPrint(name, info.shape, info.dtype, "sketch", digest, stats,
-                       sk.reshape(-1).double().cpu().numpy(), _sample(x, info.shape, scheme))
+    return TensorPrint(
+        name,
+        info.shape,
+        info.dtype,
+        "sketch",
+        digest,
+        stats,
+        sk.reshape(-1).double().cpu().numpy(),
+        _sample(x, info.shape, scheme),
+    )
+
+
+def _exact_print(name: str, info: TensorInfo, tensor: torch.Tensor, digest: str) -> TensorPrint:
+    """Small tensors: values kept as they are; stats in numpy (cheaper than torch dispatch here)."""
+    v = tensor.detach().cpu().reshape(-1).to(torch.float64).numpy()
+    n = v.size
+    nan = int(np.isnan(v).sum())
+    inf = int(np.isinf(v).sum())
+    if nan or inf:
+        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    if n:
+        l2 = float(np.sqrt(v @ v))
+        mean = float(v.mean())
+        stats = [n, mean, float(v.std()), l2, float(np.abs(v).max()), float((v == 0).mean()), nan, inf]
+    else:
+        stats = [0, 0, 0, 0, 0, 0, 0, 0]
+    return TensorPrint(name, info.shape, info.dtype, "exact", digest, np.array(stats, dtype=np.float64), v)
 
 
 def _sample(x: torch.Tensor, shape: tuple[int, ...], scheme: Scheme) -> np.ndarray:

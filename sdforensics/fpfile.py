@@ -56,8 +56,9 @@ def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
 
 def _scheme(raw: dict[str, Any], where: str) -> Scheme:
     try:
-        return Scheme(k1=int(raw["k1"]), k2=int(raw["k2"]), samples=int(raw["samples"]),
-                      exact_max=int(raw["exact_max"]))
+        return Scheme(
+            k1=int(raw["k1"]), k2=int(raw["k2"]), samples=int(raw["samples"]), exact_max=int(raw["exact_max"])
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise FingerprintError(f"{where}: the fingerprint's scheme is malformed ({err})") from err
 

@@ -121,9 +121,12 @@ class FileDigester:
         # Two workers, balanced: SHA-256 + CRC32 on one, BLAKE3 + AutoV3's SHA-256 on the other.
         self._stages: list[list[Callable[[Any], None]]] = [
             [self._sha.update, self._update_crc],
-            [self._b3.update, self._update_v3],
+            [self._update_b3, self._update_v3],
         ]
         self._workers = [_Worker(stage) for stage in self._stages] if threaded else []
+
+    def _update_b3(self, data: Any) -> None:
+        self._b3.update(data)
 
     def _update_crc(self, data: Any) -> None:
         self._crc = _crc32(data, self._crc)
@@ -182,8 +185,10 @@ def canonical_bytes(tensor: torch.Tensor) -> memoryview:
     t = tensor.detach()
     if t.is_floating_point() and t.dtype != torch.float16:
         t = t.to(torch.float16)
-    t = t.contiguous().cpu()
-    return memoryview(t.view(torch.uint8).numpy()).cast("B") if t.numel() else memoryview(b"")
+    t = t.contiguous().cpu().reshape(-1)
+    if not t.numel():
+        return memoryview(b"")
+    return t.view(torch.uint8).numpy().data.cast("B")
 
 
 def tensor_digest(name: str, tensor: torch.Tensor) -> bytes:

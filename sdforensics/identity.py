@@ -59,8 +59,12 @@ class IdentityCollector:
         if tensor.is_floating_point() and numel:
             self.digests[name] = tensor_digest(name, tensor)
             t = tensor if tensor.dtype in (torch.float16, torch.float32, torch.bfloat16) else tensor.float()
-            finite = torch.isfinite(t)
-            if not bool(finite.all()):
+            # one reduction instead of an element-wise mask: a NaN or Inf anywhere makes the sum non-finite
+            if not bool(torch.isfinite(t.sum(dtype=torch.float32))):
+                finite = torch.isfinite(t)
+                if bool(finite.all()):
+                    return  # only the float32 sum overflowed
+
                 nan = int(torch.isnan(t).sum())
                 self.nonfinite.append(TensorIssue(name, nan, int((~finite).sum()) - nan))
         if name.endswith("embeddings.position_ids"):
@@ -107,7 +111,9 @@ def _check_position_ids(t: torch.Tensor) -> str | None:
     return None
 
 
-def identity_problems(arch: ArchitectureReport, ident: Identity, n_junk: int, junk_examples: list[str]) -> list[Problem]:
+def identity_problems(
+    arch: ArchitectureReport, ident: Identity, n_junk: int, junk_examples: list[str]
+) -> list[Problem]:
     """Problems a user should know, from the architecture report and the collected identity."""
     out: list[Problem] = []
     if arch.family is None:
@@ -124,30 +130,51 @@ def identity_problems(arch: ArchitectureReport, ident: Identity, n_junk: int, ju
         )
     if n_junk:
         examples = ", ".join(printable(k, 80) for k in junk_examples[:3])
-        out.append(problem("junk_keys", "info", f"{n_junk} keys belong to no known component, e.g. {examples}"))
+        out.append(
+            problem("junk_keys", "info", f"{n_junk} keys belong to no known component, e.g. {examples}")
+        )
     if arch.ema:
         out.append(
-            problem("ema_present", "info", "EMA weights are stored too (model_ema.*): the file is larger than "
-                    "needed for inference; a pruned copy keeps one set")
+            problem(
+                "ema_present",
+                "info",
+                "EMA weights are stored too (model_ema.*): the file is larger than "
+                "needed for inference; a pruned copy keeps one set",
+            )
         )
     floats = {k: v for k, v in ident.dtypes.items() if k.startswith(("F", "BF"))}
     total = sum(floats.values())
     if total and floats.get("F32", 0) / total > 0.5:
-        out.append(problem("fp32_weights", "info", "weights are stored in fp32; fp16 halves the size with no "
-                           "visible change for inference"))
+        out.append(
+            problem(
+                "fp32_weights",
+                "info",
+                "weights are stored in fp32; fp16 halves the size with no visible change for inference",
+            )
+        )
     for issue in ident.nonfinite[:5]:
         out.append(
-            problem("nonfinite", "error", f"tensor {printable(issue.name, 120)} has {issue.nan} NaN and "
-                    f"{issue.inf} Inf values: the model will produce black or noisy images")
+            problem(
+                "nonfinite",
+                "error",
+                f"tensor {printable(issue.name, 120)} has {issue.nan} NaN and "
+                f"{issue.inf} Inf values: the model will produce black or noisy images",
+            )
         )
     if len(ident.nonfinite) > 5:
-        out.append(problem("nonfinite", "error", f"... and {len(ident.nonfinite) - 5} more tensors with NaN/Inf"))
+        out.append(
+            problem("nonfinite", "error", f"... and {len(ident.nonfinite) - 5} more tensors with NaN/Inf")
+        )
     if ident.position_ids is not None:
         sev = "info" if "harmless" in ident.position_ids else "warning"
         out.append(problem("position_ids", sev, f"CLIP position_ids {ident.position_ids}"))
     if arch.width_factor != 1:
         out.append(
-            problem("reduced_width", "info", f"tensor widths are 1/{arch.width_factor} of the release "
-                    "architecture (a synthetic or test model)")
+            problem(
+                "reduced_width",
+                "info",
+                f"tensor widths are 1/{arch.width_factor} of the release "
+                "architecture (a synthetic or test model)",
+            )
         )
     return out

@@ -9,6 +9,7 @@ folder); ``--library DIR`` selects one folder instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -42,8 +43,13 @@ class RefEntry:
         return self.library / self.file
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "official": self.official, "file": self.file,
-                "identity": self.identity}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "official": self.official,
+            "file": self.file,
+            "identity": self.identity,
+        }
 
 
 def user_library() -> Path:
@@ -85,19 +91,31 @@ class Library:
         try:
             raw = json.loads(index.read_text("utf-8"))
         except (OSError, ValueError) as err:
-            raise LibraryError(f"{index}: cannot read the library index ({err}); run 'sdf refs verify'") from err
+            raise LibraryError(
+                f"{index}: cannot read the library index ({err}); run 'sdf refs verify'"
+            ) from err
         if not isinstance(raw, dict) or raw.get("format") != LIB_FORMAT:
             raise LibraryError(f"{index}: not an sdforensics library index")
         if raw.get("version") != LIB_VERSION:
-            raise LibraryError(f"{index}: library version {raw.get('version')!r}; this sdforensics reads {LIB_VERSION}")
+            raise LibraryError(
+                f"{index}: library version {raw.get('version')!r}; this sdforensics reads {LIB_VERSION}"
+            )
         out = []
         for i, e in enumerate(raw.get("entries", [])):
             try:
                 file = str(e["file"])
                 if Path(file).is_absolute() or ".." in Path(file).parts:
                     raise ValueError(f"fingerprint path {file!r} leaves the library folder")
-                out.append(RefEntry(str(e["name"]), e.get("family"), bool(e.get("official")), file,
-                                    dict(e.get("identity") or {}), self.folder))
+                out.append(
+                    RefEntry(
+                        str(e["name"]),
+                        e.get("family"),
+                        bool(e.get("official")),
+                        file,
+                        dict(e.get("identity") or {}),
+                        self.folder,
+                    )
+                )
             except (KeyError, TypeError, ValueError) as err:
                 raise LibraryError(f"{index}: entry {i} is malformed ({err})") from err
         return out
@@ -114,8 +132,11 @@ class Library:
 
     def _write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        doc = {"format": LIB_FORMAT, "version": LIB_VERSION,
-               "entries": [e.to_json() for e in sorted(self._entries, key=lambda e: e.name)]}
+        doc = {
+            "format": LIB_FORMAT,
+            "version": LIB_VERSION,
+            "entries": [e.to_json() for e in sorted(self._entries, key=lambda e: e.name)],
+        }
         tmp = self.folder / (INDEX + ".part")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", "utf-8")
         tmp.replace(self.folder / INDEX)
@@ -144,10 +165,8 @@ class Library:
     def remove(self, name: str, write: bool = True) -> None:
         entry = self.get(name)
         self._entries = [e for e in self._entries if e.name != name]
-        try:
+        with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
-        except FileNotFoundError:
-            pass
         if write:
             self._write()
 
@@ -163,8 +182,17 @@ class Library:
 
 
 def _index_identity(identity: dict[str, Any]) -> dict[str, Any]:
-    keep = ("family", "arch", "width_factor", "sha256", "autov2", "autov1", "component_hashes", "source_file",
-            "scheme")
+    keep = (
+        "family",
+        "arch",
+        "width_factor",
+        "sha256",
+        "autov2",
+        "autov1",
+        "component_hashes",
+        "source_file",
+        "scheme",
+    )
     return {k: identity[k] for k in keep if k in identity}
 
 
@@ -198,5 +226,13 @@ def fingerprint_bytes(path: Path) -> int:
     return Path(path).stat().st_size
 
 
-__all__ = ["Library", "RefEntry", "Reference", "load_references", "search_path", "user_library",
-           "save_fingerprint", "load_fingerprint"]
+__all__ = [
+    "Library",
+    "RefEntry",
+    "Reference",
+    "load_references",
+    "search_path",
+    "user_library",
+    "save_fingerprint",
+    "load_fingerprint",
+]

@@ -89,7 +89,8 @@ def _models(raw_models: Any, hashes: list[str | None]) -> tuple[DeclaredModel, .
     for h in hashes:
         if not h:
             continue
-        info = table.get(h) if isinstance(table.get(h), dict) else {}
+        found = table.get(h)
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
         out.append(
             DeclaredModel(
                 sha256=printable(h, 80),
@@ -168,7 +169,9 @@ def decode(raw: Mapping[str, str]) -> Metadata:
         text = raw["mecha_recipe"]
         lines = [ln for ln in text.splitlines() if ln.strip()]
         declared = DeclaredRecipe("sd-mecha", None, printable(" | ".join(lines[-3:]), 300), ())
-    modelspec = {k: printable(v, 300) for k, v in raw.items() if k.startswith("modelspec.") and "thumbnail" not in k}
+    modelspec = {
+        k: printable(v, 300) for k, v in raw.items() if k.startswith("modelspec.") and "thumbnail" not in k
+    }
     training: dict[str, str] = {}
     for key, value in raw.items():
         if not key.startswith("ss_"):

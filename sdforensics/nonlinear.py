@@ -85,6 +85,37 @@ def _sign_cover(sign_t: np.ndarray, deltas: np.ndarray, max_terms: int = 6) -> l
     return chosen
 
 
+def _regress_select(t: np.ndarray, d: np.ndarray, f_min: float = 25.0, max_terms: int = 6) -> list[int]:
+    """Forward selection of the deltas that linearly predict ``t`` (F-test, positive weights).
+
+    DARE is unbiased: ``E[t | deltas] = sum_i w_i delta_i``, so a regression over the samples
+    names its ingredients even when each coordinate keeps only one of them.
+    """
+    chosen: list[int] = []
+    rss = float(t @ t)
+    n = t.shape[0]
+    while len(chosen) < max_terms:
+        best, best_rss = -1, rss
+        for j in range(d.shape[0]):
+            if j in chosen:
+                continue
+            x = d[chosen + [j]].T
+            coef, *_ = np.linalg.lstsq(x, t, rcond=None)
+            if coef[-1] <= 0:
+                continue
+            r = t - x @ coef
+            if float(r @ r) < best_rss:
+                best, best_rss = j, float(r @ r)
+        if best < 0 or best_rss <= 0:
+            break
+        f = (rss - best_rss) / (best_rss / max(n - len(chosen) - 1, 1))
+        if f < f_min:
+            break
+        chosen.append(best)
+        rss = best_rss
+    return chosen
+
+
 def _balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     pos, neg = truth.sum(), (~truth).sum()
     if pos == 0 or neg == 0:
@@ -135,7 +166,7 @@ def detect_elementwise(
     n_refs = sample_refs[0].shape[0] if sample_refs else 0
     labels = list(names) if names is not None else [str(i) for i in range(n_refs)]
     others = [i for i in range(n_refs) if i != base]
-    t_parts, d_parts, pct_parts, moved_parts = [], [], [], []
+    t_parts, d_parts, pct_parts, moved_parts, norm_parts = [], [], [], [], []
     for li, (st, sr) in enumerate(zip(sample_target, sample_refs)):
         if st.size == 0:
             continue
@@ -151,6 +182,7 @@ def detect_elementwise(
         d_parts.append(d)
         pct_parts.append(_percentiles(d) if d.shape[0] else d)
         moved_parts.append(moved)
+        norm_parts.append(np.full(t.shape, 1.0 / max(float(np.sqrt(np.mean(d**2))), 1e-30)))
     if not t_parts or not others:
         return ElementwiseFinding("linear", (), None, None, None, 0.0, 0.5, 0)
     t = np.concatenate(t_parts)
@@ -190,6 +222,15 @@ def detect_elementwise(
             ratio = t[single] / dd[who, np.nonzero(single)[0]]
             scale = float(np.median(ratio))
         return ElementwiseFinding("ties", ingredients, best_k, None, scale, eq_frac, auc, int(t.size))
+    unit = np.concatenate(norm_parts)
+    picked = _regress_select(t * unit, d * unit[None, :])
+    if picked:
+        cover = picked
+        dd, pp = d[cover], pct[cover]
+        any_moved = (dd != 0).any(axis=0)
+        score = np.where(dd != 0, pp, 0.0).max(axis=0)
+        auc = _auc(score[any_moved], ~equal[any_moved])
+        ingredients = tuple(labels[others[i]] for i in cover)
     all_moved = (dd != 0).all(axis=0)
     q = float(equal[all_moved].mean()) if all_moved.any() else eq_frac
     p = float(q ** (1.0 / len(cover))) if q > 0 else 0.0

@@ -110,8 +110,8 @@ def verdict(module: str, name: str) -> str:
 class Limits:
     """Bounds that make hostile pickles fail fast instead of exhausting memory or time."""
 
-    max_opcodes: int = 2_000_000
-    max_memo_index: int = 2_000_000
+    max_opcodes: int = 1_000_000
+    max_memo_index: int = 1_000_000
     max_mark_depth: int = 1_000
     max_depth: int = 200
     max_weight: int = 50_000_000

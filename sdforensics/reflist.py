@@ -16,9 +16,16 @@ def list_references(library: Path | None, include_registry: bool = True) -> list
         if not folder.exists():
             continue
         for e in Library(folder).entries:
-            row = {"name": e.name, "family": e.family, "official": e.official, "fingerprint": True,
-                   "status": "fingerprint", "library": str(folder), "sha256": e.identity.get("sha256"),
-                   "source": f"fingerprinted from {e.identity.get('source_file')}"}
+            row = {
+                "name": e.name,
+                "family": e.family,
+                "official": e.official,
+                "fingerprint": True,
+                "status": "fingerprint",
+                "library": str(folder),
+                "sha256": e.identity.get("sha256"),
+                "source": f"fingerprinted from {e.identity.get('source_file')}",
+            }
             rows.append(row)
             if row["sha256"]:
                 by_sha[str(row["sha256"])] = row

@@ -69,11 +69,16 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
             "training": a.metadata.training,
         },
         "pickle": (
-            {"globals": [{"global": g.qualname, "verdict": g.verdict, "member": g.member} for g in fmt.globals]}
+            {
+                "globals": [
+                    {"global": g.qualname, "verdict": g.verdict, "member": g.member} for g in fmt.globals
+                ]
+            }
             if fmt.container.startswith("pickle")
             else None
         ),
     }
     for key, value in a.extras.items():
-        doc[key] = value
+        if not key.startswith("_"):  # private: live objects for notebooks, not JSON
+            doc[key] = value
     return doc

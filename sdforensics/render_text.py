@@ -43,7 +43,10 @@ def identity_lines(a: Analysis) -> list[str]:
     if arch.text_encoders:
         lines.append(f"  text enc {', '.join(arch.text_encoders)}")
     ident = a.identity
-    dtypes = ", ".join(f"{k} {v / max(ident.n_params, 1):.0%}" for k, v in sorted(ident.dtypes.items(), key=lambda kv: -kv[1]))
+    dtypes = ", ".join(
+        f"{k} {v / max(ident.n_params, 1):.0%}"
+        for k, v in sorted(ident.dtypes.items(), key=lambda kv: -kv[1])
+    )
     lines.append(f"  tensors  {ident.n_tensors:,} ({_params(ident.n_params)} values; {dtypes})")
     if a.hashes:
         h = a.hashes
@@ -91,7 +94,9 @@ def analysis_to_text(a: Analysis) -> str:
             lines.append(f"  title    {title}")
     if a.metadata.training:
         base = a.metadata.training.get("ss_sd_model_name") or a.metadata.training.get("ss_base_model_version")
-        lines.append(f"  training kohya metadata ({len(a.metadata.training)} ss_* keys){f'; base {base}' if base else ''}")
+        lines.append(
+            f"  training kohya metadata ({len(a.metadata.training)} ss_* keys){f'; base {base}' if base else ''}"
+        )
     if a.problems:
         lines.append("  problems")
         for p in a.problems:

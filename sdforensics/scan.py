@@ -401,6 +401,8 @@ def _scan_pickle(f: BinaryIO, path: Path, size: int) -> FileScan:
         findings.append(f"legacy torch file holds {len(legacy)} pickles, expected 5")
     if _has_eocd(f, size):
         findings.append("the file also holds a zip archive (polyglot)")
+    if legacy is None and len(results) > 1:
+        findings.append(f"{len(results)} consecutive pickles without the torch magic number")
     if legacy is None and results[-1].stopped and results[-1].end < size:
         findings.append(f"{size - results[-1].end:,} bytes after the last pickle")
     if size > MAX_PICKLE_BYTES and not results[-1].stopped:
@@ -421,9 +423,9 @@ def scan_file(path: Path) -> FileScan:
             head = f.read(512)
             fmt = sniff(head, st.st_size)
             if fmt == "zip" or (fmt == "unknown" and _has_eocd(f, st.st_size)):
-                return _scan_zip(f, path)
+                return _check_readable(_scan_zip(f, path))
             if fmt == "pickle":
-                return _scan_pickle(f, path, st.st_size)
+                return _check_readable(_scan_pickle(f, path, st.st_size))
             if fmt == "safetensors":
                 return FileScan(path, "safetensors", findings=(), error=None)
             if fmt == "torch-tar":
@@ -431,6 +433,25 @@ def scan_file(path: Path) -> FileScan:
             return FileScan(path, "unknown", findings=("not a pickle, zip or safetensors file",))
     except OSError as err:
         return FileScan(path, "unknown", error=f"cannot read: {err.strerror or err}")
+
+
+def _check_readable(fs: FileScan) -> FileScan:
+    """For a clean torch pickle, also check its storages and tensor bounds with the reader.
+
+    Safe by construction: the reader unpickles only after the same static checks passed, with
+    inert stand-ins for every global.
+    """
+    if fs.verdict != "clean" or fs.format not in ("pickle-zip", "pickle-legacy"):
+        return fs
+    from .readers.pickle_reader import open_pickle
+
+    try:
+        open_pickle(fs.path)
+    except SdfError as err:
+        msg = str(err).removeprefix(f"{fs.path}: ")
+        return FileScan(fs.path, fs.format, fs.globals, (*fs.findings, f"not readable: {msg}"), None,
+                        fs.n_opcodes)
+    return fs
 
 
 def _has_eocd(f: BinaryIO, size: int) -> bool:
@@ -450,17 +471,21 @@ def scan_path(path: Path | str) -> ScanReport:
         return ScanReport(root, (scan_file(root),))
     files = []
     for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.is_symlink()):
-        if p.suffix.lower() in PICKLE_SUFFIXES or _sniff_path(p) not in ("unknown", "safetensors"):
+        if p.suffix.lower() in PICKLE_SUFFIXES or _sniff_path(p) in ("zip", "torch-tar", "pickle-binary"):
             files.append(scan_file(p))
     return ScanReport(root, tuple(files))
 
 
 def _sniff_path(p: Path) -> str:
+    """Like :func:`sniff`, but text files that merely start like protocol-0 pickles do not count."""
     try:
         with open(p, "rb") as f:
-            return sniff(f.read(512), p.stat().st_size)
+            head = f.read(512)
     except OSError:
         return "unknown"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle-binary"
+    return sniff(head, p.stat().st_size)
 
 
 # ------------------------------------------------------------------------------------- render

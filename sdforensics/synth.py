@@ -171,7 +171,7 @@ class Merge(Spec):
         if self.blocks:
             bmap = block_maps()["sdxl" if self.family == "sdxl" else "sd1"]
             block = bmap.block_of(key)
-            if block in self.blocks:
+            if block is not None and block in self.blocks:
                 return tuple(self.blocks[block])
         return tuple(w for w, _ in self.parts)
 
@@ -272,7 +272,11 @@ def write_safetensors(
         n = 1
         for d in shape:
             n *= d
-        header[out_name] = {"dtype": BY_TORCH[out_dtype].code, "shape": list(shape), "data_offsets": [offset, offset + n * size]}
+        header[out_name] = {
+            "dtype": BY_TORCH[out_dtype].code,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n * size],
+        }
         names.append((key, out_dtype))
         offset += n * size
     raw = json.dumps(header, separators=(",", ":")).encode()

@@ -39,10 +39,16 @@ def _count(keys: Any, pattern: str) -> int:
     return len(found)
 
 
+def _dim(w: dict[str, torch.Tensor], key: str, axis: int, default: int) -> int:
+    """A size read from a tensor's shape, or ``default`` when a partial state dict lacks it."""
+    t = w.get(key)
+    return int(t.shape[axis]) if t is not None and t.dim() > axis else default
+
+
 def _unet_config(w: dict[str, torch.Tensor], fam: dict[str, Any]) -> dict[str, Any]:
-    levels = _count(w, r"^down_blocks\.(\d+)\.")
-    lpb = _count(w, r"^down_blocks\.0\.resnets\.(\d+)\.")
-    chans = [int(w[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in range(levels)]
+    levels = _count(w, r"^down_blocks\.(\d+)\.") or 4
+    lpb = _count(w, r"^down_blocks\.0\.resnets\.(\d+)\.") or 2
+    chans = [_dim(w, f"down_blocks.{i}.resnets.0.conv2.weight", 0, 320 << min(i, 2)) for i in range(levels)]
     attn = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in w) for i in range(levels)]
     depth = [
         max(_count(w, rf"^down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\."), 1)
@@ -52,32 +58,33 @@ def _unet_config(w: dict[str, torch.Tensor], fam: dict[str, Any]) -> dict[str, A
     cfg: dict[str, Any] = {**diffusers_configs()["unet_common"], **fam}
     heads = cfg.get("attention_head_dim")
     cfg.update(
-        in_channels=int(w["conv_in.weight"].shape[1]),
-        out_channels=int(w["conv_out.weight"].shape[0]),
+        in_channels=_dim(w, "conv_in.weight", 1, 4),
+        out_channels=_dim(w, "conv_out.weight", 0, 4),
         block_out_channels=chans,
         layers_per_block=lpb,
         cross_attention_dim=cross,
         attention_head_dim=[max(c // 64, 1) for c in chans] if heads == "channels/64" else heads,
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        transformer_layers_per_block=depth if len(set(depth)) > 1 else depth[0],
+        transformer_layers_per_block=depth if len(set(depth)) > 1 else (depth or [1])[0],
     )
     if "add_embedding.linear_1.weight" in w:
-        cfg["projection_class_embeddings_input_dim"] = int(w["add_embedding.linear_1.weight"].shape[1])
+        cfg["projection_class_embeddings_input_dim"] = _dim(w, "add_embedding.linear_1.weight", 1, 2816)
     return cfg
 
 
 def _vae_config(w: dict[str, torch.Tensor], fam: dict[str, Any]) -> dict[str, Any]:
-    levels = _count(w, r"^encoder\.down_blocks\.(\d+)\.")
+    levels = _count(w, r"^encoder\.down_blocks\.(\d+)\.") or 4
     cfg: dict[str, Any] = {**diffusers_configs()["vae_common"], **fam}
     cfg.update(
-        in_channels=int(w["encoder.conv_in.weight"].shape[1]),
-        out_channels=int(w["decoder.conv_out.weight"].shape[0]),
-        latent_channels=int(w["post_quant_conv.weight"].shape[0]),
+        in_channels=_dim(w, "encoder.conv_in.weight", 1, 3),
+        out_channels=_dim(w, "decoder.conv_out.weight", 0, 3),
+        latent_channels=_dim(w, "post_quant_conv.weight", 0, 4),
         block_out_channels=[
-            int(w[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in range(levels)
+            _dim(w, f"encoder.down_blocks.{i}.resnets.0.conv2.weight", 0, 128 << min(i, 2))
+            for i in range(levels)
         ],
-        layers_per_block=_count(w, r"^encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+        layers_per_block=_count(w, r"^encoder\.down_blocks\.0\.resnets\.(\d+)\.") or 2,
         down_block_types=["DownEncoderBlock2D"] * levels,
         up_block_types=["UpDecoderBlock2D"] * levels,
     )
@@ -85,23 +92,22 @@ def _vae_config(w: dict[str, torch.Tensor], fam: dict[str, Any]) -> dict[str, An
 
 
 def _text_config(w: dict[str, torch.Tensor], fam: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    emb = w["text_model.embeddings.token_embedding.weight"]
-    hidden = int(emb.shape[1])
+    hidden = _dim(w, "text_model.embeddings.token_embedding.weight", 1, 768)
     proj = "text_projection.weight" in w
     cfg: dict[str, Any] = {
         "architectures": ["CLIPTextModelWithProjection" if proj else "CLIPTextModel"],
         **diffusers_configs()["text_common"],
         **fam,
         "hidden_size": hidden,
-        "intermediate_size": int(w["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        "intermediate_size": _dim(w, "text_model.encoder.layers.0.mlp.fc1.weight", 0, 4 * hidden),
         "num_hidden_layers": _count(w, r"^text_model\.encoder\.layers\.(\d+)\."),
         "num_attention_heads": max(hidden // 64, 1),
-        "max_position_embeddings": int(w["text_model.embeddings.position_embedding.weight"].shape[0]),
-        "vocab_size": int(emb.shape[0]),
+        "max_position_embeddings": _dim(w, "text_model.embeddings.position_embedding.weight", 0, 77),
+        "vocab_size": _dim(w, "text_model.embeddings.token_embedding.weight", 0, 49408),
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
     if proj:
-        cfg["projection_dim"] = int(w["text_projection.weight"].shape[0])
+        cfg["projection_dim"] = _dim(w, "text_projection.weight", 0, hidden)
     return cfg
 
 

@@ -83,7 +83,9 @@ def _table(raw: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
 def architectures() -> tuple[Architecture, ...]:
     """Every architecture we know, full tables first."""
     out = []
-    for entry in sorted(resources.files("sdforensics").joinpath("data", "arch").iterdir(), key=lambda p: p.name):
+    for entry in sorted(
+        resources.files("sdforensics").joinpath("data", "arch").iterdir(), key=lambda p: p.name
+    ):
         if not entry.name.endswith(".json"):
             continue
         raw = json.loads(entry.read_text("utf-8"))

@@ -503,3 +503,29 @@ def test_hf_clip_position_ids_kept_and_unknown_tensors_reported(sd1_folder: Path
     assert got["cond_stage_model.transformer.text_model.embeddings.position_ids"].tolist() == [[0]]
     assert torch.equal(got["unet.class_embedding.linear_1.weight"], torch.ones(2, 2))
     assert any("no canonical name" in f for f in ck.format().findings)
+
+
+def test_small_partial_state_dict_round_trip(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    prefix = "conditioner.embedders.1.model."
+    sd = {
+        "model.diffusion_model.label_emb.0.0.weight": torch.randn(8, 12, generator=g),
+        "model.diffusion_model.output_blocks.2.2.conv.weight": torch.randn(4, 4, 3, 3, generator=g),
+        # the upsampler's slot (.1 or .2) follows from whether the block has attention: keep one
+        "model.diffusion_model.output_blocks.2.1.proj_out.weight": torch.randn(4, 4, generator=g),
+        "model.diffusion_model.middle_block.1.proj_in.weight": torch.randn(4, 4, generator=g),
+        "first_stage_model.decoder.mid.attn_1.proj_out.weight": torch.randn(6, 6, 1, 1, generator=g),
+        "first_stage_model.encoder.mid.attn_1.v.bias": torch.randn(6, generator=g),
+        "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": torch.randn(2, 4, 1, 1, generator=g),
+        prefix + "transformer.resblocks.1.attn.in_proj_weight": torch.randn(12, 4, generator=g).half(),
+        prefix + "transformer.resblocks.1.attn.in_proj_bias": torch.randn(12, generator=g).half(),
+        prefix + "text_projection": torch.randn(4, 5, generator=g).half(),
+        prefix + "token_embedding.weight": torch.randn(10, 4, generator=g).half(),
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.randn(3, generator=g),
+    }
+    out = write_diffusers(sd, "sdxl", tmp_path / "m")
+    got, ck = read_all(out)
+    assert ck.family == "sdxl"
+    assert set(got) == set(sd) and all(same(got[k], sd[k]) for k in sd)
+    upsample = {i.name: i.source for i in ck.infos()}["model.diffusion_model.output_blocks.2.2.conv.weight"]
+    assert upsample == "unet/diffusion_pytorch_model.safetensors"

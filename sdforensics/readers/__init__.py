@@ -27,7 +27,9 @@ def sniff(path: Path) -> str:
     if stat.S_ISDIR(st.st_mode):
         return "directory"
     if not stat.S_ISREG(st.st_mode):
-        raise UnsupportedFormatError(f"{path}: not a regular file (a FIFO, device or socket); refusing to read it")
+        raise UnsupportedFormatError(
+            f"{path}: not a regular file (a FIFO, device or socket); refusing to read it"
+        )
     if path.name.endswith(".index.json"):
         return "sharded"
     try:

@@ -249,6 +249,8 @@ def _refuse_globals(path: Path, results: list[WalkResult], member: str,
         if not r.stopped and not broken_ok:
             kind = "exceeds a safety limit" if r.over_limit else "is broken"
             raise CorruptFileError(f"{path}: the pickle {kind}: {r.error}")
+        if r.notes and not broken_ok:
+            raise CorruptFileError(f"{path}: the pickle is malformed: {r.notes[0]}")
     return found
 
 
@@ -305,6 +307,8 @@ def _flatten(path: Path, obj: Any) -> list[tuple[str, LazyTensor]]:
             visit(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
 
     visit("", obj, 0)
+    if not out:
+        raise UnsupportedFormatError(f"{path}: the pickle holds no tensors")
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
         raise CorruptFileError(f"{path}: two tensors flatten to the same name")

@@ -14,6 +14,7 @@ in offset order.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -31,7 +32,7 @@ from sdforensics.readers.base import FormatInfo, TensorInfo
 HEADER_CAP = 100 * 1024 * 1024
 """Largest JSON header we accept (the safetensors library uses the same 100 MB cap)."""
 
-ByteTap = Callable[[memoryview | bytes], None]
+ByteTap = Callable[[memoryview | bytes | bytearray], None]
 """Receives every byte of the file, in order, as :meth:`SafetensorsCheckpoint.tensors` reads it."""
 
 
@@ -157,7 +158,9 @@ def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
     cursor = 0
     for begin, end, info in entries:
         if begin < cursor:
-            raise CorruptFileError(f"{where}: tensor {_short(info.name)!r} overlaps the previous tensor's bytes")
+            raise CorruptFileError(
+                f"{where}: tensor {_short(info.name)!r} overlaps the previous tensor's bytes"
+            )
         if begin > cursor:
             raise CorruptFileError(
                 f"{where}: {begin - cursor:,} unused bytes before tensor {_short(info.name)!r} (a gap in the data)"
@@ -206,7 +209,7 @@ class SafetensorsCheckpoint:
         self.path = path
         self._where = str(path)
         try:
-            self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
+            self._fh: io.FileIO = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         except OSError as err:
             raise CorruptFileError(f"{path}: cannot open: {err.strerror}") from err
         try:
@@ -240,7 +243,9 @@ class SafetensorsCheckpoint:
                 try:
                     got = fh.readinto(buf)
                 except OSError as err:
-                    raise CorruptFileError(f"{self._where}: read error in {_short(info.name)!r}: {err}") from err
+                    raise CorruptFileError(
+                        f"{self._where}: read error in {_short(info.name)!r}: {err}"
+                    ) from err
                 if got != info.nbytes:
                     raise CorruptFileError(
                         f"{self._where}: the file ended inside tensor {_short(info.name)!r} "

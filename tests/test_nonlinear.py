@@ -1,0 +1,139 @@
+"""TIES / DARE / DARE-TIES detection (merges made with sd-mecha when installed) and LoRA helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from sdforensics.estimate import estimate_recipe
+from sdforensics.estimate_synth import Family, fingerprint, make_family
+from sdforensics.nonlinear import detect_elementwise, detect_lowrank, estimate_lora_strength, numerical_rank
+
+torch = pytest.importorskip("torch")
+try:
+    import sd_mecha
+    from sd_mecha.extensions.builtin.merge_methods import ties as mecha_ties
+except ImportError:  # pragma: no cover - sd-mecha is a dev dependency
+    sd_mecha = None
+    mecha_ties = None
+
+N_CASES = 10
+POOL = ("A", "B", "C", "D", "E")
+
+
+@pytest.fixture(scope="module")
+def fam() -> Family:
+    return make_family({n: None for n in POOL}, seed=21, narrow=2)
+
+
+def _ties_sum(deltas: list, k: float):
+    """sd-mecha's ``ties_sum`` (top-k per delta, sign vote by count, disjoint mean)."""
+    if sd_mecha is not None:
+        return sd_mecha.ties_sum.__wrapped__(*deltas, k=k)
+    kept = []
+    for d in deltas:
+        kth = max(int((1 - k) * d.numel()), 1)
+        v = d.flatten().abs().float().kthvalue(kth).values
+        kept.append(d * (d.abs() >= v))
+    st = torch.stack(kept)
+    final = torch.sign(torch.sign(st).sum(0))
+    mask = (torch.sign(st) == final).float()
+    return torch.nan_to_num((st * mask).sum(0) / mask.sum(0))
+
+
+def _dropout(deltas: list, p: float, seed: int):
+    """sd-mecha's ``dropout`` (DARE: independent drop masks, mean of survivors, / (1 - p))."""
+    if mecha_ties is not None:
+        return mecha_ties.dropout.__wrapped__(*deltas, probability=p, seed=seed)
+    rng = np.random.default_rng(seed)
+    masks = [torch.from_numpy(rng.binomial(1, 1 - p, size=tuple(deltas[0].shape))).bool() for _ in deltas]
+    out = torch.zeros_like(deltas[0])
+    for m, d in zip(masks, deltas):
+        out[m] += d[m]
+    return out / sum(m.to(out.dtype) for m in masks).clamp(1) / (1 - p)
+
+
+def _dare_ties(deltas: list, p: float, seed: int):
+    if mecha_ties is None:
+        pytest.skip("sd-mecha not installed")
+    return mecha_ties.ties_sum_with_dropout.__wrapped__(*deltas, probability=p, k=1.0, seed=seed)
+
+
+def _merge(fam: Family, ings: tuple[str, ...], alpha: float, method: Callable[[list], object]):
+    def make(i, t):
+        base = torch.from_numpy(t["base"][i])
+        deltas = [torch.from_numpy(t[n][i]) - base for n in ings]
+        return (base + alpha * method(deltas)).numpy()
+
+    return fingerprint(fam, make)
+
+
+def _score(fam: Family, method_name: str) -> tuple[int, list[str]]:
+    rng = np.random.default_rng({"ties": 1, "dare": 2, "dare_ties": 3}[method_name])
+    hits, log = 0, []
+    for case in range(N_CASES):
+        ings = tuple(sorted(rng.choice(POOL, size=int(rng.integers(2, 4)), replace=False)))
+        alpha = float(rng.uniform(0.5, 1.0))
+        if method_name == "ties":
+            k = float(rng.uniform(0.2, 0.5))
+            layers = _merge(fam, ings, alpha, lambda d, k=k: _ties_sum(d, k))
+            param = k
+        else:
+            p = float(rng.uniform(0.7, 0.95))
+            fn = _dropout if method_name == "dare" else _dare_ties
+            layers = _merge(fam, ings, alpha, lambda d, p=p, c=case: fn(d, p, c))
+            param = p
+        est = estimate_recipe(layers, list(fam.names), 0)
+        ew = est.elementwise
+        want_kind = "ties" if method_name == "ties" else "dare"
+        ok = est.kind == want_kind and ew is not None and set(ew.ingredients) == set(ings)
+        got = ew.density if method_name == "ties" else ew.drop_rate
+        if ok and got is not None and abs(got - param) > 0.1:
+            ok = False
+        hits += ok
+        log.append(f"{ings} {param:.2f} -> {est.kind} {ew and ew.ingredients} {got}")
+    return hits, log
+
+
+@pytest.mark.parametrize("method_name", ["ties", "dare", "dare_ties"])
+def test_elementwise_merges_detected(fam, method_name):
+    hits, log = _score(fam, method_name)
+    assert hits >= 9, "\n".join(log)
+
+
+def test_linear_merge_is_not_elementwise(fam):
+    layers = fingerprint(fam, lambda i, t: (0.5 * t["A"][i] + 0.5 * t["B"][i]).astype(np.float16))
+    est = estimate_recipe(layers, list(fam.names), 0)
+    assert est.elementwise is not None and est.elementwise.kind == "linear"
+    assert est.kind == "weighted_sum" and est.loras == ()
+
+
+def test_detect_elementwise_linear_on_raw_samples():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=3000)
+    a = b + 0.05 * rng.normal(size=3000)
+    c = b + 0.05 * rng.normal(size=3000)
+    t = (0.4 * a + 0.6 * c).astype(np.float16).astype(np.float64)
+    assert detect_elementwise([t], [np.stack([b, a, c])], base=0).kind == "linear"
+
+
+def test_numerical_rank_and_lowrank():
+    rng = np.random.default_rng(2)
+    low = rng.normal(size=(32, 6)) @ rng.normal(size=(6, 32))
+    full = rng.normal(size=(32, 32))
+    assert numerical_rank(low + 1e-5 * full) == 6
+    assert numerical_rank(full) is None
+    found = detect_lowrank({"a": low, "b": full, "c": 1e-9 * full})
+    assert found is not None and found.rank == 6 and found.layers == ("a",)
+    assert detect_lowrank({"b": full}) is None
+
+
+def test_lora_strength_interval():
+    rng = np.random.default_rng(3)
+    lora = {str(i): rng.normal(size=(16, 16)) for i in range(6)}
+    target = {k: 0.7 * v + 0.05 * rng.normal(size=v.shape) for k, v in lora.items()}
+    res = estimate_lora_strength(target, lora)
+    assert abs(res.strength - 0.7) < 0.01 and res.ci95[0] < 0.7 < res.ci95[1]
+    assert res.n_layers == 6
