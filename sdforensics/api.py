@@ -151,7 +151,7 @@ def estimate(
                 refs=np.stack([p.values for p in rp]),
                 sample_target=sample_t,
                 sample_refs=sample_r,
-                sketch2d=t.sketch_shape,
+                sketch2d=None,  # structure sketches feed LoRA detection separately
                 numel=t.numel,
             )
         )

@@ -21,22 +21,50 @@ from sdforensics.fingerprint import FORMAT, VERSION, Fingerprint, Scheme, Tensor
 from sdforensics.readers.safetensors_reader import open_safetensors
 
 
+_LOSSLESS_16 = ("F16", "F8_E4M3", "F8_E5M2")
+"""Source dtypes whose values float16 holds exactly: their exact values and samples are stored
+as float16, halving the file at no loss."""
+
+
+class _Packer:
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {"f32": [], "f16": []}
+        self.size = {"f32": 0, "f16": 0}
+
+    def add(self, arr: np.ndarray | None, half: bool) -> list[Any]:
+        if arr is None or arr.size == 0:
+            return ["f32", 0, 0]
+        kind = "f16" if half else "f32"
+        a = arr.astype(np.float16 if half else np.float32)
+        off = self.size[kind]
+        self.parts[kind].append(a)
+        self.size[kind] += a.size
+        return [kind, off, int(a.size)]
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}_{k}": np.concatenate(v) if v else np.zeros(0, np.float16 if k == "f16" else np.float32)
+            for k, v in self.parts.items()
+        }
+
+
 def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
     """Write ``fp`` to ``path`` atomically."""
-    values, samples, stats, index = [], [], [], []
-    v_off = s_off = 0
+    values, samples, structure = _Packer(), _Packer(), _Packer()
+    stats, index = [], []
     for t in fp.tensors.values():
-        v = t.values.astype(np.float32)
-        s = t.sample.astype(np.float32) if t.sample is not None else np.zeros(0, np.float32)
-        index.append([t.name, list(t.shape), t.dtype, t.kind, t.digest, v_off, len(v), s_off, len(s)])
-        values.append(v)
-        samples.append(s)
+        exact16 = t.dtype in _LOSSLESS_16
+        index.append(
+            [t.name, list(t.shape), t.dtype, t.kind, t.digest]
+            + values.add(t.values, half=exact16 and t.kind == "exact")
+            + samples.add(t.sample, half=exact16)
+            + structure.add(t.structure, half=True)  # only ever used for its rank
+        )
         stats.append(t.stats)
-        v_off += len(v)
-        s_off += len(s)
     arrays = {
-        "values": np.concatenate(values) if values else np.zeros(0, np.float32),
-        "samples": np.concatenate(samples) if samples else np.zeros(0, np.float32),
+        **values.arrays("values"),
+        **samples.arrays("samples"),
+        **structure.arrays("structure"),
         "stats": np.stack(stats) if stats else np.zeros((0, 8)),
     }
     meta = {
@@ -91,21 +119,32 @@ def load_fingerprint(path: Path) -> Fingerprint:
             raise FingerprintError(f"{where}: the fingerprint header is malformed ({err})") from err
         arrays = {info.name: t.numpy() for info, t in ckpt.tensors()}
     try:
-        values = arrays["values"].astype(np.float64)
-        samples = arrays["samples"].astype(np.float64)
+        store = {
+            (name, width): arrays[f"{name}_{width}"].astype(np.float64)
+            for name in ("values", "samples", "structure")
+            for width in ("f32", "f16")
+        }
         stats = arrays["stats"].astype(np.float64)
     except KeyError as err:
         raise FingerprintError(f"{where}: the fingerprint lacks the {err} array") from err
     if not isinstance(identity, dict) or not isinstance(index, list) or stats.shape != (len(index), 8):
         raise FingerprintError(f"{where}: the fingerprint index does not match its arrays")
+
+    def span(array: str, width: Any, off: Any, n: Any) -> np.ndarray | None:
+        data = store.get((array, width))
+        if data is None or not isinstance(off, int) or not isinstance(n, int) or off < 0 or n < 0:
+            raise ValueError(f"bad {array} span")
+        if off + n > len(data):
+            raise ValueError(f"{array} span outside the array")
+        return data[off : off + n] if n else None
+
     prints: dict[str, TensorPrint] = {}
     for i, row in enumerate(index):
         try:
-            name, shape, dtype, kind, digest, v_off, v_len, s_off, s_len = row
-            if v_off < 0 or s_off < 0 or v_off + v_len > len(values) or s_off + s_len > len(samples):
-                raise ValueError("offsets outside the arrays")
+            name, shape, dtype, kind, digest, vw, v_off, v_len, sw, s_off, s_len, gw, g_off, g_len = row
             if kind not in ("exact", "sketch"):
                 raise ValueError(f"unknown kind {kind!r}")
+            vals = span("values", vw, v_off, v_len)
             prints[str(name)] = TensorPrint(
                 name=str(name),
                 shape=tuple(int(d) for d in shape),
@@ -113,8 +152,9 @@ def load_fingerprint(path: Path) -> Fingerprint:
                 kind=kind,
                 digest=str(digest),
                 stats=stats[i],
-                values=values[v_off : v_off + v_len],
-                sample=samples[s_off : s_off + s_len] if kind == "sketch" else None,
+                values=vals if vals is not None else np.zeros(0),
+                sample=span("samples", sw, s_off, s_len),
+                structure=span("structure", gw, g_off, g_len),
             )
         except (TypeError, ValueError) as err:
             raise FingerprintError(f"{where}: fingerprint index row {i} is malformed ({err})") from err

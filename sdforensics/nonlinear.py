@@ -50,6 +50,14 @@ def _bf16_ulp(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.exp2(np.floor(np.log2(ax)) - 7.0))
 
 
+def _resaved(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``b`` rounded to float16 and to bfloat16 (round to nearest even), as a re-save would."""
+    f16 = b.astype(np.float16).astype(np.float64)
+    bits = b.astype(np.float32).view(np.uint32).astype(np.uint64)
+    bf = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return f16, bf.astype(np.float64)
+
+
 def _percentiles(deltas: np.ndarray) -> np.ndarray:
     """Rank of |delta| within its row (one reference, one layer), scaled to (0, 1]."""
     order = np.argsort(np.abs(deltas), axis=1, kind="stable")
@@ -171,7 +179,9 @@ def detect_elementwise(
         if st.size == 0:
             continue
         b = sr[base]
-        t = st - b
+        f16, bf16 = _resaved(b)
+        at_base = (st == b) | (st == f16) | (st == bf16)
+        t = np.where(at_base, 0.0, st - b)
         d = sr[others] - b[None, :]
         thr = 2.0 * _bf16_ulp(b)
         if predicted is not None:

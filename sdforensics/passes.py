@@ -20,6 +20,7 @@ from sdforensics.keymap import KeyMapping, canonicalize
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
+from sdforensics.tables import block_maps
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) as tensors are read."""
@@ -75,6 +76,12 @@ def stream(
         tensors = ckpt.tensors(tap=digester.update)
     else:
         tensors = ckpt.tensors()
+    shapes = {i.name: i.shape for i in layout.infos}
+    bmap = block_maps()["sdxl" if layout.architecture.family == "sdxl" else "sd1"]
+    for consumer in consumers:
+        prepare = getattr(consumer, "prepare", None)
+        if prepare is not None:
+            prepare(shapes, bmap.block_of)
     seen: set[str] = set()
     for info, tensor in tensors:
         done += info.nbytes

@@ -136,8 +136,7 @@ def similarity_figure(a: Analysis, max_references: int = 15) -> Figure:
     with _rc():
         fig = _figure(max(6.4, 0.3 * frame.shape[0] + 2.6), 1.2 + 0.36 * frame.shape[1])
         ax = fig.add_subplot()
-        cmap = matplotlib.colormaps["RdBu_r"].copy()
-        cmap.set_bad("#dddddd")
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-1, vmax=1, aspect="auto",
                        interpolation="nearest")
         ax.set_xticks(np.arange(frame.shape[0]), labels=[plain(b, 12) for b in frame.index], rotation=90,
@@ -209,8 +208,7 @@ def matrix_figure(matrix: Any, labels: Sequence[str], cluster: bool = True,
             dax.axis("off")
         else:
             ax = fig.add_subplot()
-        cmap = matplotlib.colormaps["RdBu_r"].copy()
-        cmap.set_bad("#dddddd")
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
         sub = m[np.ix_(order, order)]
         im = ax.imshow(np.ma.masked_invalid(sub), cmap=cmap, vmin=vmin, vmax=1, interpolation="nearest")
         names = [plain(labels[int(i)], 30) for i in order]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,7 @@ def _e(value: object, limit: int | None = 500) -> str:
 
 
 def _num(x: Any, digits: int = 3) -> str:
-    if isinstance(x, bool) or not isinstance(x, int | float):
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
         return "&ndash;"
     return f"{x:.{digits}f}"
 

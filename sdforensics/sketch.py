@@ -48,6 +48,36 @@ def sample_positions(shape: tuple[int, ...], m: int) -> np.ndarray:
         count *= 2
 
 
+def _raw(tag: str, n: int) -> np.ndarray:
+    """n uint64 from PCG64 seeded by SHAKE-256(tag): the raw bit stream, stable across numpy versions."""
+    seed = int.from_bytes(hashlib.shake_256(f"{SCHEME}:{tag}".encode()).digest(16), "little")
+    return np.random.PCG64(seed).random_raw(n)
+
+
+def count_sketch_plan(shape: tuple[int, ...], m: int, oversample: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, buckets, signs) of the sampled CountSketch of a tensor of ``shape`` into ``m`` buckets.
+
+    ``s = min(numel, oversample * m)`` positions are drawn with replacement (all positions, in
+    order, when s reaches numel); position i goes to bucket ``i % m`` (random, since positions
+    are) -- or a random bucket when every position is used -- with a random sign. The first
+    positions double as the coordinate sample. Pure function of (shape, m, oversample).
+    """
+    numel = int(np.prod(shape)) if shape else 1
+    s = oversample * m
+    key = ",".join(map(str, shape))
+    if s >= numel:
+        positions = np.arange(numel, dtype=np.int64)
+        raw = _raw(f"cs-full:{key}:{m}", numel)
+        buckets = (raw % np.uint64(m)).astype(np.int64)
+    else:
+        raw = _raw(f"cs-pos:{key}", s)
+        positions = (raw % np.uint64(numel)).astype(np.int64)
+        buckets = np.arange(s, dtype=np.int64) % m
+    bits = np.unpackbits(np.frombuffer(_raw(f"cs-sign:{key}", (len(positions) + 63) // 64).tobytes(), np.uint8))
+    signs = 1.0 - 2.0 * bits[: len(positions)].astype(np.float32)
+    return positions, buckets, signs
+
+
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, cols) a tensor is sketched as: first dimension x everything else."""
     rows = shape[0]

@@ -23,6 +23,15 @@ N_CASES = 10
 POOL = ("A", "B", "C", "D", "E")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: torch's thread pool only adds contention (8x slower on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def fam() -> Family:
     return make_family({n: None for n in POOL}, seed=21, narrow=2)
@@ -137,3 +146,17 @@ def test_lora_strength_interval():
     res = estimate_lora_strength(target, lora)
     assert abs(res.strength - 0.7) < 0.01 and res.ci95[0] < 0.7 < res.ci95[1]
     assert res.n_layers == 6
+
+
+def test_ties_saved_in_fp16_against_fp32_library(fam):
+    ings = ("A", "C")
+
+    def make(i, t):
+        base = torch.from_numpy(t["base"][i])
+        deltas = [torch.from_numpy(t[n][i]) - base for n in ings]
+        return (base + 0.8 * _ties_sum(deltas, 0.3)).half().float().numpy()
+
+    est = estimate_recipe(fingerprint(fam, make), list(fam.names), 0)
+    assert est.kind == "ties" and est.elementwise is not None
+    assert set(est.elementwise.ingredients) == set(ings)
+    assert est.elementwise.density is not None and abs(est.elementwise.density - 0.3) <= 0.1

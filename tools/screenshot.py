@@ -85,23 +85,23 @@ def demo_report(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("html", nargs="?", type=Path, help="report to render (omit with --demo)")
-    p.add_argument("png", type=Path)
+    p.add_argument("paths", nargs="+", type=Path, help="REPORT.html SHOT.png, or SHOT.png with --demo")
     p.add_argument("--demo", action="store_true", help="render the demo mix's report")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=4000)
     p.add_argument("--no-crop", action="store_true")
     args = p.parse_args(argv)
+    if len(args.paths) != (1 if args.demo else 2):
+        p.error("give REPORT.html SHOT.png, or --demo SHOT.png")
+    png = args.paths[-1]
     with tempfile.TemporaryDirectory(prefix="sdf-demo-") as tmp:
-        html = demo_report(Path(tmp)) if args.demo else args.html
-        if html is None:
-            p.error("give an HTML file or --demo")
-        errors = screenshot(html, args.png, args.width, args.height)
+        html = demo_report(Path(tmp)) if args.demo else args.paths[0]
+        errors = screenshot(html, png, args.width, args.height)
     if not args.no_crop:
-        crop(args.png)
+        crop(png)
     for line in errors:
         print(f"console: {line}", file=sys.stderr)
-    print(f"{args.png}: {args.png.stat().st_size:,} bytes")
+    print(f"{png}: {png.stat().st_size:,} bytes")
     return 1 if errors else 0
 
 

@@ -1,0 +1,131 @@
+"""Fingerprints: deterministic, linear, compact, and accurate against the full weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conftest import sdf
+from sdforensics.api import fingerprint_model
+from sdforensics.fpfile import load_fingerprint, save_fingerprint
+from sdforensics.pairwise import compare_files
+from sdforensics.synth import Merge, write_safetensors
+from sdforensics.tables import block_maps
+
+
+def test_fingerprint_is_deterministic_and_round_trips(family: dict[str, Path], tmp_path: Path) -> None:
+    _, a = fingerprint_model(family["ft1"], device="cpu")
+    _, b = fingerprint_model(family["ft1"], device="cpu")
+    path = save_fingerprint(a, tmp_path / "ft1.sdfp")
+    c = load_fingerprint(path)
+    for name, t in a.tensors.items():
+        assert np.array_equal(t.values, b.tensors[name].values)
+        assert np.allclose(t.values, c.tensors[name].values, rtol=1e-6, atol=1e-9)
+        assert t.digest == c.tensors[name].digest
+        assert t.digest or t.dtype.startswith("I")  # float tensors carry their content digest
+    assert c.identity["family"] == "sd1" and c.scheme == a.scheme
+
+
+def test_fingerprints_of_a_merge_are_the_merge_of_fingerprints(family_specs_sd1: dict, tmp_path: Path) -> None:
+    s = family_specs_sd1
+    paths = {n: write_safetensors(s[n], tmp_path / f"{n}.safetensors", dtype=torch.float32) for n in ("ft1", "ft2")}
+    mix = write_safetensors(Merge(((0.3, s["ft1"]), (0.7, s["ft2"]))), tmp_path / "mix.safetensors",
+                            dtype=torch.float32)
+    fa, fb, fm = (fingerprint_model(p, device="cpu")[1] for p in (paths["ft1"], paths["ft2"], mix))
+    for name, t in fm.tensors.items():
+        if t.dtype.startswith("I"):
+            continue
+        want = 0.3 * fa.tensors[name].values + 0.7 * fb.tensors[name].values
+        assert np.allclose(t.values, want, rtol=1e-4, atol=1e-6), name
+
+
+def test_block_delta_cosine_from_fingerprints_matches_exact(family: dict[str, Path], library: Path) -> None:
+    """Per-block delta cosine (model - base vs ref - base) within 0.01 of the full-weight value."""
+    from sdforensics.api import analyze
+
+    base = family["base"]
+    target = family["ft6"]  # the child of ft1
+    result = analyze(target, library=library, device="cpu")
+    sim = {r["reference"]: r for r in result.to_json()["similarity"]["references"]}
+    worst = 0.0
+    for ref in ("ft1", "ft2", "ft5"):
+        exact = _exact_block_delta_cos(target, family[ref], base)
+        for block, cos in exact.items():
+            est = sim[ref]["blocks"][block]
+            worst = max(worst, abs(est - cos))
+    assert worst <= 0.01, worst
+    assert sim["ft1"]["delta_cosine"] > 0.5 > abs(sim["ft2"]["delta_cosine"])  # parent vs unrelated
+
+
+def _exact_block_delta_cos(t: Path, r: Path, b: Path) -> dict[str, float]:
+    from safetensors.torch import load_file
+
+    T, R, B = (load_file(str(p)) for p in (t, r, b))
+    bmap = block_maps()["sd1"]
+    acc: dict[str, list[float]] = {}
+    for key in T:
+        if not T[key].is_floating_point():
+            continue
+        block = bmap.block_of(key)
+        if block is None:
+            continue
+        dt = (T[key].double() - B[key].double()).reshape(-1)
+        dr = (R[key].double() - B[key].double()).reshape(-1)
+        s = acc.setdefault(block, [0.0, 0.0, 0.0])
+        s[0] += float(dt @ dr)
+        s[1] += float(dt @ dt)
+        s[2] += float(dr @ dr)
+    return {k: v[0] / (v[1] ** 0.5 * v[2] ** 0.5) for k, v in acc.items()}
+
+
+def test_refs_commands_add_list_remove_import_verify(family: dict[str, Path], tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    res = sdf("refs", "add", family["base"], "--name", "SD 1.5", "--official", "--library", lib, "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert sdf("refs", "add", family["ft1"], "--name", "ft1", "--library", lib).exit_code == 0
+    listing = json.loads(sdf("refs", "list", "--library", lib, "--format", "json").stdout)
+    fps = {r["name"]: r for r in listing["references"] if r["fingerprint"]}
+    assert set(fps) == {"SD 1.5", "ft1"} and fps["SD 1.5"]["official"]
+    assert sdf("refs", "verify", "--library", lib).exit_code == 0
+    # share a fingerprint: import into another library without the weights
+    shared = next((lib / "fingerprints").glob("ft1*.sdfp"))
+    other = tmp_path / "other"
+    assert sdf("refs", "import", shared, "--library", other).exit_code == 0
+    assert any(r["name"] == "ft1" for r in json.loads(sdf("refs", "list", "--library", other, "-f", "json").stdout)[
+        "references"])
+    # tamper: verify names the file and fails
+    shared.write_bytes(shared.read_bytes()[:-1] + b"\0")
+    res = sdf("refs", "verify", "--library", lib)
+    assert res.exit_code == 1 and "ft1" in res.stderr
+    assert sdf("refs", "remove", "ft1", "--library", other).exit_code == 0
+    assert sdf("refs", "remove", "nope", "--library", other).exit_code == 2
+
+
+def test_identical_components_and_bf16_resave_against_library(family: dict[str, Path], library: Path,
+                                                              tmp_path: Path, family_specs_sd1: dict) -> None:
+    from sdforensics.synth import Swap
+
+    s = family_specs_sd1
+    swap = write_safetensors(Swap({"unet": s["ft2"], "text_encoder": s["ft3"], "vae": s["ft4"]}),
+                             tmp_path / "swap.safetensors")
+    doc = json.loads(sdf("analyze", swap, "-f", "json", "--library", library).stdout)
+    assert doc["identical"] == {"unet": "ft2", "text_encoder": "ft3", "vae": "ft4"}
+    assert doc["recipe"]["kind"] == "component_swap"
+    bf = write_safetensors(s["ft5"], tmp_path / "ft5-bf16.safetensors", dtype=torch.bfloat16)
+    doc = json.loads(sdf("analyze", bf, "-f", "json", "--library", library).stdout)
+    comps = {c["reference"]: c["weight"] for c in doc["recipe"]["components"]}
+    assert abs(comps.get("ft5", 0) - 1.0) <= 0.01, doc["recipe"]
+
+
+def test_compare_two_files_exactly(family: dict[str, Path]) -> None:
+    same = compare_files(family["ft1"], family["ft1"])
+    assert all(x.identical for x in same.layers) and same.to_json()["identical"]
+    diff = compare_files(family["ft1"], family["ft6"])
+    blocks = diff.blocks()
+    assert set(blocks) >= {"BASE", "IN00", "M00", "OUT11", "VAE"}
+    assert all(0.99 < b["cosine"] < 1.0 for b in blocks.values())
+    res = sdf("compare", family["ft1"], family["ft6"], "--format", "json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["identical"] is False
