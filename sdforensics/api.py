@@ -100,6 +100,13 @@ def compatible(target: Fingerprint, refs: list[Reference]) -> list[Reference]:
     ]
 
 
+def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
+    """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
+    no fingerprint and no comparison."""
+    analysis = collect(Path(path), progress=progress)
+    return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
+
+
 def analyze(
     path: Path,
     library: Path | None = None,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -111,15 +111,24 @@ def analyze(
     registry: Annotated[
         list[Path] | None, typer.Option(help="Known-model registry file or folder (repeatable).")
     ] = None,
+    identity: Annotated[
+        bool, typer.Option("--identity", help="Only what the file is: no fingerprint, no comparison.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fingerprint MODEL, compare it with the reference library, estimate its recipe."""
     from sdforensics.api import analyze as do_analyze
+    from sdforensics.api import identify
 
     bar = _bar("analyze", quiet)
 
-    def go() -> str:
-        result = do_analyze(model, library=library, device=device.value, progress=bar, registry_dirs=registry)
+    def go() -> Any:
+        if identity:
+            return identify(model, progress=bar, registry_dirs=registry)
+        return do_analyze(model, library=library, device=device.value, progress=bar, registry_dirs=registry)
+
+    def render() -> str:
+        result = go()
         bar.close()
         if format is Format.json:
             return json.dumps(result.to_json(), indent=1, default=str)
@@ -129,7 +138,7 @@ def analyze(
             return analysis_to_html(result)
         return result.to_text()
 
-    _emit(run(go), out)
+    _emit(run(render), out)
 
 
 @app.command()
