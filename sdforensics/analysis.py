@@ -78,12 +78,16 @@ def collect(
 ) -> Analysis:
     """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison)."""
     ckpt, layout = open_and_layout(Path(path))
-    collector = IdentityCollector()
+    consumers = consumers or []
+    # A consumer that counts NaN/Inf itself (the fingerprinter) saves the identity pass a reduction.
+    counting = [c for c in consumers if hasattr(c, "nonfinite_issues")]
+    collector = IdentityCollector(check_finite=not counting)
     try:
-        hashes = stream(ckpt, layout, [collector, *(consumers or [])], progress)
+        hashes = stream(ckpt, layout, [collector, *consumers], progress)
     finally:
         ckpt.close()
-    ident = collector.result(layout.architecture)
+    issues = [issue for c in counting for issue in c.nonfinite_issues()]
+    ident = collector.result(layout.architecture, issues)
     if keep_collector is not None:
         keep_collector.append(collector)
     meta = decode(layout.format.metadata)

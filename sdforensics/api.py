@@ -138,8 +138,33 @@ def analyze(
     return replace(analysis, extras=extras)
 
 
+def layer_vector(values: np.ndarray, structure: np.ndarray | None) -> np.ndarray:
+    """What the fit sees of one layer: the CountSketch, then the two-sided sketch when there is one.
+
+    Both estimate the layer's norm, so together they are scaled by 1/sqrt(2) to keep each layer's
+    weight in the fit equal to its true size."""
+    if structure is None:
+        return values
+    return np.concatenate([values, structure]) / np.sqrt(2.0)
+
+
+def lora_deltas(layers: list[Any], loras: list[Reference]) -> dict[str, dict[str, np.ndarray]]:
+    """Library LoRAs as fit columns: per layer, the same vector a model's layer gives (see layer_vector)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for ref in loras:
+        cols: dict[str, np.ndarray] = {}
+        for layer in layers:
+            p = ref.fingerprint.tensors.get(layer.key)
+            if p is None or len(p.values) + (0 if p.structure is None else len(p.structure)) != len(layer.target):
+                continue
+            cols[layer.key] = layer_vector(p.values, p.structure if layer.sketch2d is not None else None)
+        if cols:
+            out[ref.name] = cols
+    return out
+
+
 def estimate(
-    fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity
+    fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity, loras: list[Reference] | None = None
 ) -> tuple[Any, Any, Any] | None:
     from sdforensics.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
 
@@ -149,22 +174,23 @@ def estimate(
         rp = [r.fingerprint.tensors[row.key] for r in refs]
         sample_t = t.sample if t.sample is not None else np.zeros(0)
         sample_r = np.stack([p.sample if p.sample is not None else np.zeros(0) for p in rp])
+        structured = t.structure is not None and all(p.structure is not None for p in rp)
         layers.append(
             LayerData(
                 key=row.key,
                 block=row.block,
                 component=row.component,
-                target=t.values,
-                refs=np.stack([p.values for p in rp]),
+                target=layer_vector(t.values, t.structure if structured else None),
+                refs=np.stack([layer_vector(p.values, p.structure if structured else None) for p in rp]),
                 sample_target=sample_t,
                 sample_refs=sample_r,
-                sketch2d=None,  # structure sketches feed LoRA detection separately
+                sketch2d=t.sketch_shape if structured else None,
                 numel=t.numel,
             )
         )
     if not layers:
         return None
-    est = estimate_recipe(layers, [r.name for r in refs], base)
+    est = estimate_recipe(layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []))
     return recipe_to_json(est), summarize(est), est
 
 

@@ -63,20 +63,22 @@ class LayerData:
     refs: np.ndarray  # (n_refs, d) float64: the same sketch of each reference's tensor
     sample_target: np.ndarray  # 1-D float64: raw values at m fixed hash-chosen coordinates
     sample_refs: np.ndarray  # (n_refs, m) float64
-    sketch2d: tuple[int, int] | None  # k1 x k2 for 2-D weights (row-major), None for exact/1-D
+    sketch2d: tuple[int, int] | None  # k1 x k2 two-sided sketch (row-major) in the LAST k1*k2 entries, or None
     numel: int  # elements of the real tensor
+
+
+def _tail2d(vector: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The k1 x k2 two-sided sketch: the last k1*k2 entries of a layer's vector (the whole vector
+    when that is all it holds; fingerprints put an unbiased CountSketch in front of it)."""
+    n = shape[0] * shape[1]
+    return vector[-n:].reshape(shape)
 
 
 def supermerger_blocks(block_ids: Sequence[str]) -> tuple[str, ...]:
     """SuperMerger's block order for the family these ids come from (26 for SD1/2, 20 for SDXL)."""
     sd1 = any(b in ("IN09", "IN10", "IN11", "OUT09", "OUT10", "OUT11") for b in block_ids)
     n = 12 if sd1 else 9
-    return (
-        ("BASE",)
-        + tuple(f"IN{i:02d}" for i in range(n))
-        + ("M00",)
-        + tuple(f"OUT{i:02d}" for i in range(n))
-    )
+    return ("BASE",) + tuple(f"IN{i:02d}" for i in range(n)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(n))
 
 
 def _ordered_blocks(layers: Sequence[LayerData]) -> list[str]:
@@ -102,24 +104,32 @@ class _Problem:
     ) -> None:
         self.model_cols = [i for i in range(n_refs) if i != pivot]
         self.lora_names = list(lora_deltas)
-        self.ys: list[np.ndarray] = []
-        self.xs: list[np.ndarray] = []
-        for layer in layers:
-            p = layer.refs[pivot]
-            y = layer.target - p
-            cols = [layer.refs[i] - p for i in self.model_cols]
-            for name in self.lora_names:
-                sk = lora_deltas[name].get(layer.key)
-                cols.append(np.zeros_like(y) if sk is None else np.asarray(sk, dtype=np.float64).ravel())
-            self.ys.append(y)
-            self.xs.append(np.stack(cols, axis=1) if cols else np.zeros((y.shape[0], 0)))
-        self.grams: Grams = build_grams(self.ys, self.xs)
+        self.layers = layers
+        self.pivot = pivot
+        self.lora_deltas = lora_deltas
+        self.ys = [layer.target - layer.refs[pivot] for layer in layers]
+        self.grams: Grams = build_grams(self.ys, (self.design(li) for li in range(len(layers))))
         self.n_model = len(self.model_cols)
+
+    def design(self, li: int, columns: Sequence[int] | None = None) -> np.ndarray:
+        """Columns of layer ``li`` (reference deltas, then LoRA sketches), built on demand."""
+        layer = self.layers[li]
+        p = layer.refs[self.pivot]
+        n_model = len(self.model_cols)
+        wanted = range(n_model + len(self.lora_names)) if columns is None else columns
+        cols = []
+        for c in wanted:
+            if c < n_model:
+                cols.append(layer.refs[self.model_cols[c]] - p)
+            else:
+                sk = self.lora_deltas[self.lora_names[c - n_model]].get(layer.key)
+                cols.append(np.zeros_like(p) if sk is None else np.asarray(sk, dtype=np.float64).ravel())
+        return np.stack(cols, axis=1) if cols else np.zeros((p.shape[0], 0))
 
     def residual(self, li: int, fit: Fit) -> np.ndarray:
         if not fit.columns:
             return self.ys[li]
-        return self.ys[li] - self.xs[li][:, list(fit.columns)] @ fit.coef
+        return self.ys[li] - self.design(li, fit.columns) @ fit.coef
 
 
 def _affine_weights(fit: Fit, n_model: int, model_cols: list[int], pivot: int) -> dict[int, tuple[float, float]]:
@@ -171,7 +181,7 @@ def _nearest_copy(layers: Sequence[LayerData], mask: np.ndarray, n_refs: int) ->
     """References within COPY_REL_DIST of the target on the masked layers, and all distances."""
     d2 = np.zeros(n_refs)
     n2 = np.zeros(n_refs)
-    for layer, m in zip(layers, mask):
+    for layer, m in zip(layers, mask, strict=True):
         if m:
             d2 += ((layer.refs - layer.target[None, :]) ** 2).sum(axis=1)
             n2 += (layer.refs**2).sum(axis=1)
@@ -179,9 +189,7 @@ def _nearest_copy(layers: Sequence[LayerData], mask: np.ndarray, n_refs: int) ->
     return [int(i) for i in np.nonzero(rel <= COPY_REL_DIST)[0]], rel
 
 
-def _ambiguous(
-    prob: _Problem, fit: Fit, names: Sequence[str]
-) -> tuple[AmbiguousGroup, ...]:
+def _ambiguous(prob: _Problem, fit: Fit, names: Sequence[str]) -> tuple[AmbiguousGroup, ...]:
     cos = column_cosines(prob.grams)
     nm = prob.n_model
     chosen = [c for c in fit.columns if c < nm]
@@ -207,6 +215,8 @@ def _ambiguous(
         idx = np.array([pos[m] for m in members if m in pos])
         w = float(fit.coef[idx].sum())
         var = float(fit.cov[np.ix_(idx, idx)].sum())
+        if abs(w) < 0.03:  # a trace of the pair, not an ingredient worth splitting
+            continue
         mc = min(cos[a, b] for a in members for b in members if a != b)
         refs = tuple(names[prob.model_cols[m]] for m in members)
         out.append(AmbiguousGroup(refs, w, _ci(w, var), float(mc)))
@@ -220,10 +230,10 @@ def _supermerger(
     by_block = {b.block: b for b in blocks}
     gw = {w.reference: w.weight for w in weights}
     refs = [w.reference for w in weights if abs(w.weight) > 0.02 or _any_block_weight(blocks, w.reference)]
+    models: tuple[str, ...]
     if len(refs) == 2:
         a, b = sorted(refs, key=lambda r: -gw.get(r, 0.0))
-        formula, models = "(1-alpha) x A + alpha x B", (a, b)
-        key = b
+        formula, models, key = "(1-alpha) x A + alpha x B", (a, b), b
     elif len(refs) == 3:
         anchor = max(refs, key=lambda r: gw.get(r, 0.0))
         rest = [r for r in refs if r != anchor]
@@ -324,7 +334,7 @@ def estimate_recipe(
     elementwise: ElementwiseFinding | None = None
     if base is not None and any(layer.sample_target.size for layer in layers):
         preds = []
-        for li, layer in enumerate(layers):
+        for layer in layers:
             rf = raw_blocks[layer.block]
             use = rf if rf.columns else fit
             mcols = [(k, c) for k, c in enumerate(use.columns) if c < prob.n_model]
@@ -353,7 +363,7 @@ def estimate_recipe(
             lname = prob.lora_names[c - prob.n_model]
             sketches = lora_deltas[lname]
             ranks = [
-                numerical_rank(np.asarray(sketches[la.key]).reshape(la.sketch2d))
+                numerical_rank(_tail2d(np.asarray(sketches[la.key]), la.sketch2d))
                 for la in layers
                 if la.sketch2d is not None and la.key in sketches
             ]
@@ -362,9 +372,7 @@ def estimate_recipe(
             s = float(fit.coef[k])
             loras.append(LoraFinding(lname, s, _ci(s, float(fit.cov[k, k])), rank, tuple(sketches)))
     residuals = {
-        la.key: prob.residual(li, fit).reshape(la.sketch2d)
-        for li, la in enumerate(layers)
-        if la.sketch2d is not None
+        la.key: _tail2d(prob.residual(li, fit), la.sketch2d) for li, la in enumerate(layers) if la.sketch2d is not None
     }
     scales = {la.key: float(np.linalg.norm(prob.ys[li])) for li, la in enumerate(layers)}
     low = detect_lowrank(residuals, scales, min_share=0.05) if fit.unexplained > 0.05 else None
@@ -408,11 +416,11 @@ def estimate_recipe(
         kind = "component_swap"
     elif elementwise is not None and elementwise.kind in ("ties", "dare", "dare_ties"):
         kind = "ties" if elementwise.kind == "ties" else "dare"
-    elif loras and all(w.reference == names[pivot] for w in model_weights):
+    elif loras and (len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < 0.02 or not model_weights):
         kind = "lora"
     elif not any(c < prob.n_model for c in fit.columns) and fit.unexplained > 0.3:
         kind = "unknown"
-    elif _is_block_weighted(blocks, weights):
+    elif low is None and _is_block_weighted(blocks, weights):  # a LoRA skews the blocks it touches
         kind = "block_weighted"
         supermerger = _supermerger(blocks, weights, block_ids)
     elif any(w.weight < -0.03 and w.ci95[1] < 0 for w in weights):

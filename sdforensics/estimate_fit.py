@@ -55,19 +55,23 @@ class Fit:
         return float(np.sqrt(self.rss / self.yy)) if self.yy > 0 else 0.0
 
 
-def build_grams(ys: Sequence[np.ndarray], xs: Sequence[np.ndarray]) -> Grams:
-    """Normal equations of each layer; ``xs[l]`` is (rows, p), ``ys[l]`` is (rows,)."""
-    p = xs[0].shape[1] if xs else 0
+def build_grams(ys: Sequence[np.ndarray], xs: Iterable[np.ndarray]) -> Grams:
+    """Normal equations of each layer; ``xs`` yields (rows, p) per layer, ``ys[l]`` is (rows,).
+
+    ``xs`` may be a generator, so a whole model's design never sits in memory at once.
+    """
     n = len(ys)
-    gram = np.zeros((n, p, p))
-    cross = np.zeros((n, p))
+    gram_l, cross_l = [], []
     yy = np.zeros(n)
     rows = np.zeros(n)
-    for i, (y, x) in enumerate(zip(ys, xs)):
-        gram[i] = x.T @ x
-        cross[i] = x.T @ y
+    for i, (y, x) in enumerate(zip(ys, xs, strict=True)):
+        gram_l.append(x.T @ x)
+        cross_l.append(x.T @ y)
         yy[i] = float(y @ y)
         rows[i] = y.shape[0]
+    p = gram_l[0].shape[0] if gram_l else 0
+    gram = np.stack(gram_l) if gram_l else np.zeros((0, p, p))
+    cross = np.stack(cross_l) if cross_l else np.zeros((0, p))
     return Grams(gram, cross, yy, rows)
 
 
@@ -163,7 +167,7 @@ def forward_select(
     changed = True
     while changed and len(chosen) > len(forced):
         changed = False
-        for c in chosen[len(forced):]:
+        for c in chosen[len(forced) :]:
             rest = [x for x in chosen if x != c]
             loss = rss_of(rest) - current
             if loss < min_rel_gain * rss_of(rest) or loss < min_abs_gain * yy:

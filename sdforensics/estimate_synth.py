@@ -25,10 +25,33 @@ import numpy as np
 from sdforensics.estimate import LayerData, supermerger_blocks
 
 _CHANNELS = {  # SD1.5 UNet width per block, divided by 4
-    "BASE": 192, "IN00": 80, "IN01": 80, "IN02": 80, "IN03": 80, "IN04": 160, "IN05": 160,
-    "IN06": 160, "IN07": 320, "IN08": 320, "IN09": 320, "IN10": 320, "IN11": 320, "M00": 320,
-    "OUT00": 320, "OUT01": 320, "OUT02": 320, "OUT03": 320, "OUT04": 320, "OUT05": 320,
-    "OUT06": 160, "OUT07": 160, "OUT08": 160, "OUT09": 80, "OUT10": 80, "OUT11": 80, "VAE": 128,
+    "BASE": 192,
+    "IN00": 80,
+    "IN01": 80,
+    "IN02": 80,
+    "IN03": 80,
+    "IN04": 160,
+    "IN05": 160,
+    "IN06": 160,
+    "IN07": 320,
+    "IN08": 320,
+    "IN09": 320,
+    "IN10": 320,
+    "IN11": 320,
+    "M00": 320,
+    "OUT00": 320,
+    "OUT01": 320,
+    "OUT02": 320,
+    "OUT03": 320,
+    "OUT04": 320,
+    "OUT05": 320,
+    "OUT06": 160,
+    "OUT07": 160,
+    "OUT08": 160,
+    "OUT09": 80,
+    "OUT10": 80,
+    "OUT11": 80,
+    "VAE": 128,
 }
 
 
@@ -67,6 +90,11 @@ def layer_specs(narrow: int = 1) -> tuple[LayerSpec, ...]:
     return tuple(out)
 
 
+def _norm(x: np.ndarray) -> float:
+    """L2 norm without BLAS (tiny BLAS calls crawl when the thread pool is contended)."""
+    return float(np.sqrt(np.square(x, dtype=np.float64).sum()))
+
+
 def _delta(rng: np.random.Generator, w: np.ndarray, shared: np.ndarray, size: float) -> np.ndarray:
     if w.ndim == 1:
         d = rng.standard_normal(w.shape) + shared
@@ -74,9 +102,9 @@ def _delta(rng: np.random.Generator, w: np.ndarray, shared: np.ndarray, size: fl
         r = 6
         own = rng.standard_normal((w.shape[0], r)) @ rng.standard_normal((r, w.shape[1]))
         noise = rng.standard_normal(w.shape)
-        own *= np.linalg.norm(noise) / np.linalg.norm(own)
+        own *= _norm(noise) / _norm(own)
         d = (own + noise) / np.sqrt(2.0) + shared
-    return np.asarray(d / np.linalg.norm(d) * size * np.linalg.norm(w))
+    return np.asarray(d / _norm(d) * size * _norm(w))
 
 
 def make_family(
@@ -108,7 +136,7 @@ def make_family(
         src = tensors[parent or "base"]
         size = delta_size * (child_size if parent else 1.0)
         made = []
-        for i, (s, w) in enumerate(zip(specs, src)):
+        for i, (s, w) in enumerate(zip(specs, src, strict=True)):
             if s.component == "vae" and own_vae is not None and name not in own_vae:
                 made.append(w.copy())
                 continue

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdforensics.identity import TensorIssue
 from sdforensics.readers.base import TensorInfo
 from sdforensics.sketch import count_sketch_plan, matrix_view, sample_positions, signs
 
@@ -212,6 +213,14 @@ class Fingerprinter:
             structure = ((g.T @ (w @ r)) / (self.scheme.k1 * self.scheme.k2) ** 0.5).reshape(-1).double().cpu().numpy()
         sample = flat[self._positions(shape)].double().cpu().numpy()
         return TensorPrint(name, info.shape, info.dtype, "sketch", "", stats, cs.cpu().numpy(), sample, structure)
+
+    def nonfinite_issues(self) -> list[TensorIssue]:
+        """Tensors with NaN or Inf values, from the statistics (so the identity pass need not look)."""
+        return [
+            TensorIssue(name, int(t.stats[6]), int(t.stats[7]))
+            for name, t in self.prints.items()
+            if t.stats[6] or t.stats[7]
+        ]
 
     def result(self, identity: dict[str, Any], digests: dict[str, bytes] | None = None) -> Fingerprint:
         """The fingerprint, with content digests (from the identity pass) filled in."""

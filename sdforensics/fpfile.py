@@ -58,7 +58,7 @@ def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
             [t.name, list(t.shape), t.dtype, t.kind, t.digest]
             + values.add(t.values, half=exact16 and t.kind == "exact")
             + samples.add(t.sample, half=exact16)
-            + structure.add(t.structure, half=True)  # only ever used for its rank
+            + structure.add(t.structure, half=False)  # fp32: LoRA residuals sit near fp16's rounding
         )
         stats.append(t.stats)
     arrays = {
@@ -126,7 +126,9 @@ def load_fingerprint(path: Path) -> Fingerprint:
         }
         stats = arrays["stats"].astype(np.float64)
     except KeyError as err:
-        raise FingerprintError(f"{where}: the fingerprint lacks the {err} array") from err
+        raise FingerprintError(
+            f"{where}: the fingerprint lacks the {err} array (a damaged file or another format version); re-make it with 'sdf refs add'"
+        ) from err
     if not isinstance(identity, dict) or not isinstance(index, list) or stats.shape != (len(index), 8):
         raise FingerprintError(f"{where}: the fingerprint index does not match its arrays")
 

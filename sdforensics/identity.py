@@ -43,7 +43,9 @@ class Identity:
 class IdentityCollector:
     """Consumes tensors one at a time; call :meth:`result` after the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_finite: bool = True) -> None:
+        self.check_finite = check_finite
+        """False when another consumer (the fingerprinter's statistics) counts NaN/Inf already."""
         self.digests: dict[str, bytes] = {}
         self.dtypes: Counter[str] = Counter()
         self.n_tensors = 0
@@ -58,19 +60,19 @@ class IdentityCollector:
         self.dtypes[info.dtype] += numel
         if tensor.is_floating_point() and numel:
             self.digests[name] = tensor_digest(name, tensor)
+        if tensor.is_floating_point() and numel and self.check_finite:
             t = tensor if tensor.dtype in (torch.float16, torch.float32, torch.bfloat16) else tensor.float()
             # one reduction instead of an element-wise mask: a NaN or Inf anywhere makes the sum non-finite
             if not bool(torch.isfinite(t.sum(dtype=torch.float32))):
                 finite = torch.isfinite(t)
-                if bool(finite.all()):
-                    return  # only the float32 sum overflowed
-
-                nan = int(torch.isnan(t).sum())
-                self.nonfinite.append(TensorIssue(name, nan, int((~finite).sum()) - nan))
+                if not bool(finite.all()):  # else only the float32 sum overflowed
+                    nan = int(torch.isnan(t).sum())
+                    self.nonfinite.append(TensorIssue(name, nan, int((~finite).sum()) - nan))
         if name.endswith("embeddings.position_ids"):
             self.position_ids = _check_position_ids(tensor)
 
-    def result(self, arch: ArchitectureReport) -> Identity:
+    def result(self, arch: ArchitectureReport, nonfinite: list[TensorIssue] | None = None) -> Identity:
+        """``nonfinite``: NaN/Inf counts found by another consumer when ``check_finite`` is off."""
         comps: dict[str, dict[str, bytes]] = {}
         if arch.name is not None:
             spec = architecture(arch.name)
@@ -83,7 +85,7 @@ class IdentityCollector:
             dtypes=dict(self.dtypes),
             n_tensors=self.n_tensors,
             n_params=self.n_params,
-            nonfinite=tuple(self.nonfinite),
+            nonfinite=tuple(self.nonfinite + (nonfinite or [])),
             position_ids=self.position_ids,
         )
 

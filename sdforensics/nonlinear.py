@@ -142,7 +142,7 @@ def _auc(score: np.ndarray, label: np.ndarray) -> float:
     # average ranks over ties
     s_sorted = score[order]
     _, start, counts = np.unique(s_sorted, return_index=True, return_counts=True)
-    for st, ct in zip(start, counts):
+    for st, ct in zip(start, counts, strict=True):
         if ct > 1:
             ranks[order[st : st + ct]] = st + (ct + 1) / 2.0
     return float((ranks[label].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
@@ -175,7 +175,7 @@ def detect_elementwise(
     labels = list(names) if names is not None else [str(i) for i in range(n_refs)]
     others = [i for i in range(n_refs) if i != base]
     t_parts, d_parts, pct_parts, moved_parts, norm_parts = [], [], [], [], []
-    for li, (st, sr) in enumerate(zip(sample_target, sample_refs)):
+    for li, (st, sr) in enumerate(zip(sample_target, sample_refs, strict=True)):
         if st.size == 0:
             continue
         b = sr[base]
@@ -184,10 +184,7 @@ def detect_elementwise(
         t = np.where(at_base, 0.0, st - b)
         d = sr[others] - b[None, :]
         thr = 2.0 * _bf16_ulp(b)
-        if predicted is not None:
-            moved = np.abs(predicted[li]) > thr
-        else:
-            moved = (np.abs(d) > thr[None, :]).any(axis=0)
+        moved = np.abs(predicted[li]) > thr if predicted is not None else (np.abs(d) > thr[None, :]).any(axis=0)
         t_parts.append(t)
         d_parts.append(d)
         pct_parts.append(_percentiles(d) if d.shape[0] else d)

@@ -120,9 +120,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
         "unknown": "not explained by the library",
     }
     lines = [f"Recipe: {recipe_text(est)}  ({kinds.get(est.kind, est.kind)})"]
-    made = ", ".join(
-        f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights
-    )
+    made = ", ".join(f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights)
     lines.append(f"Made of: {made}" + ("" if est.base is None else f" (weights sum to 1; base {est.base})"))
     lines.append(_confidence(est))
     u = est.unexplained
@@ -139,8 +137,9 @@ def summarize(est: RecipeEstimate) -> list[str]:
         )
     if est.supermerger is not None:
         sm = est.supermerger
-        lines.append(f"Block weights ({BLOCK_CONVENTION}): alpha of {sm.models[-2 if len(sm.models) == 3 else 1]}"
-                     f" = {sm.text}")
+        lines.append(
+            f"Block weights ({BLOCK_CONVENTION}): alpha of {sm.models[-2 if len(sm.models) == 3 else 1]} = {sm.text}"
+        )
     ew = est.elementwise
     if ew is not None and ew.kind != "linear":
         lines.append(
@@ -168,9 +167,7 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
             {"reference": w.reference, "weight": _r(w.weight), "ci95": [_r(w.ci95[0]), _r(w.ci95[1])]}
             for w in est.weights
         ],
-        "blocks": {
-            b.block: [{"reference": r, "weight": _r(w)} for r, w, _ in b.weights] for b in est.blocks
-        },
+        "blocks": {b.block: [{"reference": r, "weight": _r(w)} for r, w, _ in b.weights] for b in est.blocks},
         "unexplained": _r(est.unexplained),
         "text": recipe_text(est),
         "loras": [
@@ -189,8 +186,12 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
         "block_convention": BLOCK_CONVENTION,
         "block_unexplained": {b.block: _r(b.unexplained) for b in est.blocks},
         "ambiguous": [
-            {"references": list(g.references), "weight": _r(g.weight), "ci95": [_r(g.ci95[0]), _r(g.ci95[1])],
-             "cosine": _r(g.cosine)}
+            {
+                "references": list(g.references),
+                "weight": _r(g.weight),
+                "ci95": [_r(g.ci95[0]), _r(g.ci95[1])],
+                "cosine": _r(g.cosine),
+            }
             for g in est.ambiguous
         ],
         "parts": {
@@ -209,14 +210,23 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
     if est.supermerger is not None:
         sm = est.supermerger
         out["supermerger_weights"] = {
-            "formula": sm.formula, "models": list(sm.models), "blocks": list(sm.blocks),
-            "alphas": list(sm.alphas), "text": sm.text, "undetermined": list(sm.undetermined),
+            "formula": sm.formula,
+            "models": list(sm.models),
+            "blocks": list(sm.blocks),
+            "alphas": list(sm.alphas),
+            "text": sm.text,
+            "undetermined": list(sm.undetermined),
         }
     if est.elementwise is not None:
         ew = est.elementwise
         out["elementwise"] = {
-            "kind": ew.kind, "ingredients": list(ew.ingredients), "density": _r(ew.density),
-            "drop_rate": _r(ew.drop_rate), "scale": _r(ew.scale), "equal_fraction": _r(ew.equal_fraction),
-            "magnitude_auc": _r(ew.magnitude_auc), "n_samples": ew.n_samples,
+            "kind": ew.kind,
+            "ingredients": list(ew.ingredients),
+            "density": _r(ew.density),
+            "drop_rate": _r(ew.drop_rate),
+            "scale": _r(ew.scale),
+            "equal_fraction": _r(ew.equal_fraction),
+            "magnitude_auc": _r(ew.magnitude_auc),
+            "n_samples": ew.n_samples,
         }
     return out

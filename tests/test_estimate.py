@@ -17,7 +17,7 @@ FINETUNES = {"A": None, "B": None, "C": None, "D": None, "E": None, "P": None, "
 
 @pytest.fixture(scope="module")
 def fam() -> Family:
-    return make_family(FINETUNES, seed=7, held_out=("U",), own_vae=("C", "D", "U"))
+    return make_family(FINETUNES, seed=7, held_out=("U",), own_vae=("C", "D", "U"), narrow=2)
 
 
 def lin(recipe: Mapping[str, float]):
@@ -97,7 +97,7 @@ def test_block_weighted(fam):
     sm = est.supermerger
     assert sm is not None and sm.models == ("A", "B") or sm.models == ("B", "A")
     assert len(sm.alphas) == 26 and len(sm.text.split(",")) == 26
-    for blk, got in zip(sm.blocks, sm.alphas):
+    for blk, got in zip(sm.blocks, sm.alphas, strict=True):
         want = alpha[blk] if sm.models[1] == "B" else 1 - alpha[blk]
         assert abs(got - want) <= 0.02, (blk, got, want)
     for b in est.blocks:
@@ -218,10 +218,10 @@ def test_known_lora_strength(fam):
     lora = _lora(fam, 8, 5)
     sketches = {"myLora": {fam.specs[i].key: sketch(fam, i, d) for i, d in lora.items()}}
     for strength in (0.3, 1.2):
-        est = run(fam, lambda i, t, s=strength: t["A"][i] + s * lora.get(i, 0.0), np.float16,
-                  lora_deltas=sketches)
+        est = run(fam, lambda i, t, s=strength: t["A"][i] + s * lora.get(i, 0.0), np.float16, lora_deltas=sketches)
         found = [lo for lo in est.loras if lo.reference == "myLora"]
         assert len(found) == 1 and abs(found[0].strength - strength) <= 0.05
+        assert est.kind == "lora" and found[0].rank == 8
         assert abs(est.weight_of("A") - 1.0) <= 0.01
         assert "LoRA myLora" in recipe_text(est)
 
@@ -250,7 +250,11 @@ def test_json_contract(fam):
 def test_linear_text_rounding():
     from sdforensics.estimate_types import Weight
 
-    ws = [Weight("A", 0.9, (0.9, 0.9)), Weight("B", 0.7, (0.7, 0.7)), Weight("C", -0.7, (-0.7, -0.7)),
-          Weight("D", 0.1, (0.1, 0.1))]
+    ws = [
+        Weight("A", 0.9, (0.9, 0.9)),
+        Weight("B", 0.7, (0.7, 0.7)),
+        Weight("C", -0.7, (-0.7, -0.7)),
+        Weight("D", 0.1, (0.1, 0.1)),
+    ]
     assert linear_text(ws) == "0.9 x A + 0.1 x D + 0.7 x (B - C)"
     assert linear_text([Weight("A", 0.5, (0.4, 0.6)), Weight("B", 0.5, (0.4, 0.6))]) == "0.5 x A + 0.5 x B"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,10 +36,10 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def fam() -> Family:
-    return make_family({n: None for n in POOL}, seed=21, narrow=2)
+    return make_family({n: None for n in POOL}, seed=21, narrow=4)
 
 
-def _ties_sum(deltas: list, k: float):
+def _ties_sum(deltas: list, k: float) -> Any:
     """sd-mecha's ``ties_sum`` (top-k per delta, sign vote by count, disjoint mean)."""
     if sd_mecha is not None:
         return sd_mecha.ties_sum.__wrapped__(*deltas, k=k)
@@ -59,7 +61,7 @@ def _dropout(deltas: list, p: float, seed: int):
     rng = np.random.default_rng(seed)
     masks = [torch.from_numpy(rng.binomial(1, 1 - p, size=tuple(deltas[0].shape))).bool() for _ in deltas]
     out = torch.zeros_like(deltas[0])
-    for m, d in zip(masks, deltas):
+    for m, d in zip(masks, deltas, strict=True):
         out[m] += d[m]
     return out / sum(m.to(out.dtype) for m in masks).clamp(1) / (1 - p)
 
@@ -70,7 +72,11 @@ def _dare_ties(deltas: list, p: float, seed: int):
     return mecha_ties.ties_sum_with_dropout.__wrapped__(*deltas, probability=p, k=1.0, seed=seed)
 
 
-def _merge(fam: Family, ings: tuple[str, ...], alpha: float, method: Callable[[list], object]):
+def _call_p(d: list, fn: Callable[[list, float, int], Any], p: float, seed: int) -> Any:
+    return fn(d, p, seed)
+
+
+def _merge(fam: Family, ings: tuple[str, ...], alpha: float, method: Callable[[list], Any]):
     def make(i, t):
         base = torch.from_numpy(t["base"][i])
         deltas = [torch.from_numpy(t[n][i]) - base for n in ings]
@@ -87,17 +93,18 @@ def _score(fam: Family, method_name: str) -> tuple[int, list[str]]:
         alpha = float(rng.uniform(0.5, 1.0))
         if method_name == "ties":
             k = float(rng.uniform(0.2, 0.5))
-            layers = _merge(fam, ings, alpha, lambda d, k=k: _ties_sum(d, k))
+            layers = _merge(fam, ings, alpha, functools.partial(_ties_sum, k=k))
             param = k
         else:
             p = float(rng.uniform(0.7, 0.95))
-            fn = _dropout if method_name == "dare" else _dare_ties
-            layers = _merge(fam, ings, alpha, lambda d, p=p, c=case: fn(d, p, c))
+            fn: Callable[[list, float, int], Any] = _dropout if method_name == "dare" else _dare_ties
+            layers = _merge(fam, ings, alpha, functools.partial(_call_p, fn=fn, p=p, seed=case))
             param = p
         est = estimate_recipe(layers, list(fam.names), 0)
         ew = est.elementwise
         want_kind = "ties" if method_name == "ties" else "dare"
-        ok = est.kind == want_kind and ew is not None and set(ew.ingredients) == set(ings)
+        assert ew is not None
+        ok = est.kind == want_kind and set(ew.ingredients) == set(ings)
         got = ew.density if method_name == "ties" else ew.drop_rate
         if ok and got is not None and abs(got - param) > 0.1:
             ok = False
