@@ -69,9 +69,9 @@ def _chunk(names: list[str], first: int, count: int, timeout: float, workroot: s
 
 
 def _save(target: str, n: int, out: Path) -> None:
-    import fuzz_targets as ft
-
     import shutil
+
+    import fuzz_targets as ft
 
     ft.run_one(target, n, out / ".work", timeout=30, keep=out)
     shutil.rmtree(out / ".work", ignore_errors=True)

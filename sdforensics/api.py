@@ -91,18 +91,61 @@ def pick_base(refs: list[Reference], family: str | None) -> int | None:
 
 
 def compatible(target: Fingerprint, refs: list[Reference]) -> list[Reference]:
-    """References made with the same scheme and width as the target."""
+    """References made with the same scheme and width as the target (LoRAs are full width)."""
     w = target.identity.get("width_factor")
     return [
         r
         for r in refs
-        if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor") == w
+        if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor", 1) == w
     ]
+
+
+def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
+    """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
+    if is_lora_file(path):
+        from sdforensics.lora import read_lora
+        from sdforensics.lora_bake import lora_fingerprint
+
+        lora = read_lora(Path(path))
+        if lora.family is None:
+            raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
+        return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
+    analysis, fp = fingerprint_model(Path(path), device, progress)
+    if analysis.architecture.family is None:
+        raise SdfError(f"{path}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
+    return analysis.architecture.label, fp
+
+
+def is_lora_file(path: Path) -> bool:
+    """True when ``path`` holds a LoRA (decided from its tensor names and shapes, headers only)."""
+    from sdforensics.lora import is_lora
+    from sdforensics.readers import open_checkpoint
+
+    ckpt = open_checkpoint(Path(path))
+    try:
+        return is_lora(ckpt.infos())
+    finally:
+        ckpt.close()
+
+
+_NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "junk_keys", "fp32_weights"}
+
+
+def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
+    """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
+    from sdforensics.lora import describe_lora, read_lora
+
+    analysis = collect(Path(path), progress=progress)
+    info = describe_lora(read_lora(Path(path)))
+    problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
+    return replace(analysis, problems=problems, extras={"lora": info})
 
 
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
+    if is_lora_file(path):
+        return describe_lora_file(path, progress)
     analysis = collect(Path(path), progress=progress)
     return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
 
@@ -115,10 +158,14 @@ def analyze(
     registry_dirs: list[Path] | None = None,
 ) -> Analysis:
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe."""
+    if is_lora_file(path):
+        return describe_lora_file(path, progress)
     analysis, fp = fingerprint_model(Path(path), device, progress)
     extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
     family = analysis.architecture.family
-    refs = compatible(fp, load_references(search_path(library), family)) if family else []
+    found = compatible(fp, load_references(search_path(library), family)) if family else []
+    refs = [r for r in found if r.fingerprint.identity.get("kind") != "lora"]
+    loras = [r for r in found if r.fingerprint.identity.get("kind") == "lora"]
     extras["library"] = {"searched": [str(p) for p in search_path(library)], "references": len(refs)}
     if refs:
         arch = architecture(analysis.architecture.name or family or "")
@@ -128,7 +175,7 @@ def analyze(
         base = pick_base(refs, family)
         sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)
         extras["similarity"] = similarity_json(sim)
-        recipe = estimate(fp, refs, base, sim)
+        recipe = estimate(fp, refs, base, sim, loras)
         if recipe is not None:
             extras["recipe"], extras["summary"], extras["_estimate"] = recipe
     else:

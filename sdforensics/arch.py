@@ -23,10 +23,12 @@ class ArchMatch:
     family: str
     label: str
     score: float
-    """Share of the expected keys (of the components present) found with the right shape, 0..1."""
+    """Share of the file's keys this architecture explains with the right name and shape, 0..1."""
     matched: int
     expected: int
     shape_mismatches: int
+    coverage: float = 0.0
+    """Share of the present components' keys the file has (1.0 for a complete file)."""
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,16 @@ def _score(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> tuple[Arch
             matched_by_comp[comp] += 1
         else:
             mismatches += 1
-    present = {c for c in total_by_comp if matched_by_comp[c] >= max(1, 0.5 * total_by_comp[c])}
-    if not arch.full:
-        present = {c for c in total_by_comp if matched_by_comp[c] > 0}
-    expected = sum(total_by_comp[c] for c in present) or sum(total_by_comp.values())
-    matched = sum(matched_by_comp[c] for c in present)
+    present = {c for c in total_by_comp if matched_by_comp[c] > 0}
+    expected = sum(total_by_comp[c] for c in present)
+    matched = sum(matched_by_comp.values())
     known = arch.keys.keys() | arch.optional_keys.keys()
-    unexplained = sum(1 for k in shapes if k not in known)
-    score = matched / (expected + mismatches + unexplained) if expected else 0.0
-    match = ArchMatch(arch.name, arch.family, arch.label, round(score, 4), matched, expected, mismatches)
+    # Signature tables list a few keys only: keys they do not list say nothing against them.
+    unexplained = sum(1 for k in shapes if k not in known) if arch.full else 0
+    score = matched / (matched + mismatches + unexplained) if matched else 0.0
+    coverage = matched / expected if expected else 0.0
+    match = ArchMatch(arch.name, arch.family, arch.label, round(score, 4), matched, expected, mismatches,
+                      round(coverage, 4))
     return match, factor, present
 
 
@@ -115,11 +118,11 @@ def detect(infos: Sequence[TensorInfo], ema: bool = False) -> ArchitectureReport
     for arch in architectures():
         match, factor, present = _score(arch, shapes)
         # full tables are more trustworthy than signatures at equal score
-        scored.append((match.score + (0.0 if arch.full else -0.01), arch, match, factor, present))
-    scored.sort(key=lambda s: -s[0])
+        scored.append(((match.score, match.coverage, arch.full), arch, match, factor, present))
+    scored.sort(key=lambda s: s[0], reverse=True)
     _, arch, match, factor, present = scored[0]
     runner = next((s[2] for s in scored[1:] if s[2].score > 0.05 and s[1].name != arch.name), None)
-    if match.score < 0.3:
+    if match.score < 0.5 or match.matched < 4:
         return _unknown(infos, shapes, arch, match, runner, ema)
 
     known = set(arch.keys) | set(arch.optional_keys)

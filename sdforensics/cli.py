@@ -192,24 +192,19 @@ def refs_add(
     device: DeviceOpt = Device.auto,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fingerprint MODEL and store it in the library as NAME."""
-    from sdforensics.api import fingerprint_model
+    """Fingerprint MODEL (a checkpoint or a LoRA) and store it in the library as NAME."""
+    from sdforensics.api import fingerprint_any
     from sdforensics.library import Library
 
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
-        analysis, fp = fingerprint_model(model, device.value, bar)
+        label, fp = fingerprint_any(model, device.value, bar)
         bar.close()
-        if analysis.architecture.family is None:
-            raise SdfError(
-                f"{model}: not a known architecture ({analysis.architecture.label}); cannot be a reference"
-            )
         lib = Library(_target_library(library))
         entry = lib.add(fp, name, official=official)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
-        label = analysis.architecture.label
         return f"added {kind} {name!r} ({label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"
 
     _emit(run(go), None)

@@ -131,7 +131,7 @@ def component_digests(fp: Fingerprint, arch: Architecture) -> dict[str, str]:
     """Content hash per component from a fingerprint's tensor digests (same as the identity pass)."""
     groups: dict[str, dict[str, bytes]] = {}
     for name, t in fp.tensors.items():
-        comp = arch.component_of(name)
+        comp = arch.hashed_component_of(name)
         if comp is None or not t.digest or t.dtype.startswith("I"):
             continue
         groups.setdefault(comp, {})[name] = bytes.fromhex(t.digest)

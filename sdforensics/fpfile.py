@@ -20,7 +20,6 @@ from sdforensics.errors import FingerprintError, SdfError
 from sdforensics.fingerprint import FORMAT, VERSION, Fingerprint, Scheme, TensorPrint
 from sdforensics.readers.safetensors_reader import open_safetensors
 
-
 _LOSSLESS_16 = ("F16", "F8_E4M3", "F8_E5M2")
 """Source dtypes whose values float16 holds exactly: their exact values and samples are stored
 as float16, halving the file at no loss."""
@@ -127,7 +126,8 @@ def load_fingerprint(path: Path) -> Fingerprint:
         stats = arrays["stats"].astype(np.float64)
     except KeyError as err:
         raise FingerprintError(
-            f"{where}: the fingerprint lacks the {err} array (a damaged file or another format version); re-make it with 'sdf refs add'"
+            f"{where}: the fingerprint lacks the {err} array (a damaged file or another format version); "
+            "re-make it with 'sdf refs add'"
         ) from err
     if not isinstance(identity, dict) or not isinstance(index, list) or stats.shape != (len(index), 8):
         raise FingerprintError(f"{where}: the fingerprint index does not match its arrays")

@@ -77,7 +77,7 @@ class IdentityCollector:
         if arch.name is not None:
             spec = architecture(arch.name)
             for name, digest in self.digests.items():
-                comp = spec.component_of(name)
+                comp = spec.hashed_component_of(name)
                 if comp is not None:
                     comps.setdefault(comp, {})[name] = digest
         return Identity(

@@ -183,6 +183,8 @@ class Library:
 
 def _index_identity(identity: dict[str, Any]) -> dict[str, Any]:
     keep = (
+        "kind",
+        "rank",
         "family",
         "arch",
         "width_factor",

@@ -61,6 +61,8 @@ _PROCESSOR = re.compile(r"^(?P<mod>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_ou
 _DIFF_ALPHA = re.compile(r"^(?P<mod>.+)\.alpha$")
 _DIFF_DORA = re.compile(r"^(?P<mod>.+)\.lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?$")
 _CLONE = re.compile(r"^(?P<comp>unet|text_encoder):(?P<i>\d+):(?P<ud>up|down)$")
+_UNET_ROOTS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "conv_norm_out", "time_embedding.",
+               "add_embedding.")
 _COMPONENT_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"), ("text_encoder.", "text_encoder"),
                        ("base_model.model.", ""))
 
@@ -330,7 +332,8 @@ def read_lora(path: Path) -> LoraFile:
     else:
         raw, ignored, fmt_name = _group_diffusers(tensors)
     layers, family, compat = _assign(raw, fmt_name)
-    return LoraFile(path, fmt_name, family, layers, fmt.container, meta, {}, compat, tuple(ignored))
+    notes = () if family else ("no layer fits an SD1, SD2 or SDXL weight (a LoRA for another architecture?)",)
+    return LoraFile(path, fmt_name, family, layers, fmt.container, meta, {}, compat, tuple(ignored), notes)
 
 
 _Raw = dict[tuple[str, str], dict[str, torch.Tensor]]
@@ -374,7 +377,8 @@ def _group_diffusers(tensors: Mapping[str, torch.Tensor]) -> tuple[_Raw, list[st
         else:
             ignored.append(name)
             continue
-        comp = comp or ("text_encoder" if module.startswith("text_model.") else "unet")
+        comp = comp or ("text_encoder" if module.startswith("text_model.") else
+                        "unet" if module.startswith(_UNET_ROOTS) else "unknown")
         raw.setdefault((comp, module), {})[role] = t
     return raw, ignored, "diffusers-attn-processor" if processor else "diffusers"
 

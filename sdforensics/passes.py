@@ -14,13 +14,13 @@ from typing import Protocol
 
 import torch
 
-from sdforensics.arch import ArchitectureReport, detect
+from sdforensics.arch import ArchitectureReport, detect, scaled
 from sdforensics.hashing import FileDigester, FileHashes, hash_file
 from sdforensics.keymap import KeyMapping, canonicalize
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
-from sdforensics.tables import block_maps
+from sdforensics.tables import architecture, block_maps
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) as tensors are read."""
@@ -76,7 +76,13 @@ def stream(
         tensors = ckpt.tensors(tap=digester.update)
     else:
         tensors = ckpt.tensors()
+    # Sketch sizes follow the architecture's full key table (at this file's width), so a file with
+    # missing keys, a LoRA's fingerprint and a full model still get the same size for the same key.
     shapes = {i.name: i.shape for i in layout.infos}
+    if layout.architecture.name is not None:
+        arch = architecture(layout.architecture.name)
+        table = {k: scaled(s, layout.architecture.width_factor) for k, (s, _) in arch.keys.items()}
+        shapes = {**table, **{k: v for k, v in shapes.items() if k not in table}}
     bmap = block_maps()["sdxl" if layout.architecture.family == "sdxl" else "sd1"]
     for consumer in consumers:
         prepare = getattr(consumer, "prepare", None)

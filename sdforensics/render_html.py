@@ -242,7 +242,7 @@ def _recipe(a: Analysis, doc: dict[str, Any], recipe: dict[str, Any] | None) -> 
     if ew and ew.get("kind") not in (None, "linear"):
         body += (f"<p><b>Element-wise merge:</b> {_e(ew.get('kind'))} (density {_num(ew.get('density'), 2)}, "
                  f"drop rate {_num(ew.get('drop_rate'), 2)}).</p>")
-    notes = recipe.get("notes") or []
+    notes = [n for n in recipe.get("notes") or [] if not str(n).startswith("blocks:")]  # shown under blocks
     if notes:
         body += "<ul class='muted'>" + "".join(f"<li>{_e(n, 1000)}</li>" for n in notes) + "</ul>"
     return _section("recipe", "Recipe", body)
@@ -296,7 +296,8 @@ def _unexplained(a: Analysis, recipe: dict[str, Any] | None) -> str:
         return _section("unexplained", "Unexplained share", "<p class='muted'>No recipe estimated.</p>")
     from sdforensics.plots import unexplained_figure
 
-    body = (f"<p>{_pct(recipe.get('unexplained'))} of the change from the base is not accounted for by "
+    ref = recipe.get("base") or recipe.get("pivot") or "the base"
+    body = (f"<p>{_pct(recipe.get('unexplained'))} of the change from {_e(ref)} is not accounted for by "
             "the library: further training, or an ingredient the library does not hold. Per block:</p>"
             + _img(unexplained_figure(a), "unexplained share per block"))
     return _section("unexplained", "Unexplained share", body)

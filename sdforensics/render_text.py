@@ -79,8 +79,36 @@ def _registry_lines(reg: Any) -> list[str]:
     return out
 
 
+def lora_lines(info: dict[str, Any]) -> list[str]:
+    """A LoRA file in a few lines: for what, how big, what it touches, how it was trained."""
+    fam = info.get("family") or "no known architecture"
+    ranks = info.get("ranks") or []
+    rank = info.get("rank")
+    alphas = info.get("alphas") or []
+    lines = [
+        f"  lora     {printable(str(info.get('format')), 60)} LoRA for {fam}; rank {rank}"
+        + (f" (ranks {', '.join(map(str, ranks[:6]))})" if len(ranks) > 1 else "")
+        + (f", alpha {', '.join(f'{a:g}' for a in alphas[:4])}" if alphas else ""),
+        f"  targets  {info.get('mapped_layers')} of {info.get('layers')} layers mapped; components "
+        f"{', '.join(info.get('components') or [])}",
+    ]
+    blocks = info.get("blocks") or {}
+    if blocks:
+        lines.append("  blocks   " + ", ".join(f"{b} {n}" for b, n in blocks.items()))
+    train = info.get("training") or {}
+    if train:
+        shown = ", ".join(f"{k} {printable(str(v), 60)}" for k, v in list(train.items())[:6])
+        lines.append(f"  training {shown}")
+    for note in info.get("notes") or []:
+        lines.append(f"  note     {printable(str(note), 200)}")
+    return lines
+
+
 def analysis_to_text(a: Analysis) -> str:
     lines = identity_lines(a)
+    if a.extras.get("lora"):
+        lines = [ln for ln in lines if not ln.startswith("  what ")]
+        lines[1:1] = lora_lines(a.extras["lora"])
     lines += _registry_lines(a.extras.get("registry"))
     for key in ("summary",):
         for line in a.extras.get(key) or []:

@@ -288,7 +288,7 @@ def write_safetensors(
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         for key, out_dtype in names:
-            t = spec.tensor(key).to(out_dtype).contiguous()
+            t = spec.tensor(key).to(out_dtype).contiguous().reshape(-1)
             fh.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     tmp.replace(path)
     return path

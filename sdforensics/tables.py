@@ -32,6 +32,14 @@ class Architecture:
     full: bool
     keys: dict[str, tuple[tuple[int, ...], str]]
     optional_keys: dict[str, tuple[tuple[int, ...], str]]
+    content_hash_exclude: tuple[re.Pattern[str], ...] = ()
+    """Keys left out of component content hashes (unused at inference, dropped by diffusers)."""
+
+    def hashed_component_of(self, key: str) -> str | None:
+        """The component whose content hash covers ``key`` (None: not hashed)."""
+        if any(p.search(key) for p in self.content_hash_exclude):
+            return None
+        return self.component_of(key)
 
     def component_of(self, key: str) -> str | None:
         for comp, prefixes in self.components.items():
@@ -101,6 +109,7 @@ def architectures() -> tuple[Architecture, ...]:
                 full=bool(raw["full"]),
                 keys=_table(raw["keys"]),
                 optional_keys=_table(raw.get("optional_keys", {})),
+                content_hash_exclude=tuple(re.compile(rx) for rx in raw.get("content_hash_exclude", [])),
             )
         )
     return tuple(sorted(out, key=lambda a: (not a.full, a.name)))

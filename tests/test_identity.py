@@ -73,8 +73,9 @@ def test_sd3_and_flux_are_recognised_by_name(tmp_path: Path) -> None:
     assert detect([TensorInfo(mapping.canonical[i.name], i.shape, i.dtype, 0) for i in bare]).family == "flux"
 
 
-def test_same_weights_as_ckpt_and_diffusers_give_same_keys_and_content_hashes(tmp_path: Path) -> None:
-    spec = FineTune(Base("sd1", width=16, seed=5), seed=9)
+@pytest.mark.parametrize("fam", ["sd1", "sd2", "sdxl"])
+def test_same_weights_as_ckpt_and_diffusers_give_same_keys_and_content_hashes(fam: str, tmp_path: Path) -> None:
+    spec = FineTune(Base(fam, width=16, seed=5), seed=9)
     st = write_safetensors(spec, tmp_path / "m.safetensors")
     ck = write_ckpt(spec, tmp_path / "m.ckpt")
     df = write_diffusers(spec, tmp_path / "m-diffusers")
@@ -87,7 +88,8 @@ def test_same_weights_as_ckpt_and_diffusers_give_same_keys_and_content_hashes(tm
     assert formats == {"safetensors", "pickle-zip", "diffusers"}
     hashes = {json.dumps(d["content_hashes"], sort_keys=True) for d in docs.values()}
     assert len(hashes) == 1, hashes
-    assert {d["architecture"]["family"] for d in docs.values()} == {"sd1"}
+    assert {d["architecture"]["family"] for d in docs.values()} == {fam}
+    assert {tuple(d["architecture"]["components"]) for d in docs.values()} == {("unet", "text_encoder", "vae")}
     assert docs[".ckpt"]["pickle"]["globals"], "a .ckpt shows the globals its pickle names"
 
 

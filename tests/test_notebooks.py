@@ -20,6 +20,7 @@ def test_notebooks_exist() -> None:
     assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "map_folder.ipynb"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # width-16 models are too small for threads; on a busy 2-core runner extra threads only spin

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -100,7 +101,8 @@ def test_report_has_every_section_and_is_self_contained(report: str) -> None:
     low = report.lower()
     assert "http://" not in low and "https://" not in low  # no network
     assert "<script" not in low  # no script at all, ours or the file's
-    assert "<img src='data:" not in low or "src='http" not in low
+    sources = re.findall(r"(?:src|href)=['\"]([^'\"]*)", report)
+    assert sources and all(src.startswith(("data:", "#")) for src in sources)  # everything inline
     assert low.count("<img class='fig'") == 4  # recipe, blocks, similarity, unexplained
     assert "content-security-policy" in low
 

@@ -37,8 +37,19 @@ def from_mecha(path: Path, components: dict[str, str]) -> dict[str, list]:
     return out
 
 
+# Weights left out of component content hashes: unused at inference and dropped by diffusers
+# (SD2 uses OpenCLIP's penultimate layer, so layer 23 and the projection never run; logit_scale
+# is a training-time scalar), so a diffusers copy hashes the same as the single file.
+CONTENT_HASH_EXCLUDE = {
+    "sd2": [r"^cond_stage_model\.model\.logit_scale$", r"^cond_stage_model\.model\.text_projection$",
+            r"^cond_stage_model\.model\.transformer\.resblocks\.23\."],
+    "sdxl": [r"^conditioner\.embedders\.1\.model\.logit_scale$"],
+}
+
+
 def write(name: str, doc: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    doc["content_hash_exclude"] = CONTENT_HASH_EXCLUDE.get(name, [])
     keys = doc.pop("keys")
     doc["keys"] = {k: keys[k] for k in sorted(keys)}
     (OUT / f"{name}.json").write_text(json.dumps(doc, indent=0, separators=(",", ":")) + "\n")

@@ -31,6 +31,9 @@ from sdforensics.readers.base import FormatInfo, TensorInfo
 
 HEADER_CAP = 100 * 1024 * 1024
 """Largest JSON header we accept (the safetensors library uses the same 100 MB cap)."""
+TENSOR_CAP = 250_000
+"""Most tensors we accept in one file: SD checkpoints hold a few thousand, and a header of a million
+tiny tensors (BAD_INPUTS 14) would cost minutes downstream."""
 
 ByteTap = Callable[[memoryview | bytes | bytearray], None]
 """Receives every byte of the file, in order, as :meth:`SafetensorsCheckpoint.tensors` reads it."""
@@ -84,6 +87,9 @@ def _short(name: str) -> str:
 def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
     """Validate header bytes of a file of ``file_size`` bytes; ``where`` names it in errors."""
     header_len = len(raw)
+    if raw.count(b'"data_offsets"') > TENSOR_CAP:  # cheap bound before parsing a huge header
+        raise CorruptFileError(f"{where}: the header declares more than {TENSOR_CAP:,} tensors (SD checkpoints "
+                               "hold a few thousand); refusing it")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -112,6 +118,9 @@ def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
                 value = json.dumps(value)
             metadata[key] = value
 
+    if len(doc) > TENSOR_CAP:
+        raise CorruptFileError(f"{where}: the header declares {len(doc):,} tensors, more than the "
+                               f"{TENSOR_CAP:,} sdforensics reads (SD checkpoints hold a few thousand)")
     data_size = file_size - 8 - header_len
     entries: list[tuple[int, int, TensorInfo]] = []
     for name, entry in doc.items():
