@@ -55,10 +55,61 @@ class Analysis:
 
         return analysis_to_text(self)
 
-    def _repr_html_(self) -> str:
+    def to_html(self, fragment: bool = False) -> str:
+        """The self-contained HTML report (``fragment``: a <div> for embedding)."""
         from sdforensics.render_html import analysis_to_html
 
-        return analysis_to_html(self, fragment=True)
+        return analysis_to_html(self, fragment=fragment)
+
+    def _repr_html_(self) -> str:
+        return self.to_html(fragment=True)
+
+    # pandas views and matplotlib figures for notebooks (see sdforensics.frames / sdforensics.plots)
+
+    def similarity_frame(self) -> Any:
+        from sdforensics.frames import similarity_frame
+
+        return similarity_frame(self)
+
+    def block_similarity_frame(self) -> Any:
+        from sdforensics.frames import block_similarity_frame
+
+        return block_similarity_frame(self)
+
+    def recipe_frame(self) -> Any:
+        from sdforensics.frames import recipe_frame
+
+        return recipe_frame(self)
+
+    def blocks_frame(self) -> Any:
+        from sdforensics.frames import blocks_frame
+
+        return blocks_frame(self)
+
+    def layers_frame(self) -> Any:
+        from sdforensics.frames import layers_frame
+
+        return layers_frame(self)
+
+    def plot_recipe(self) -> Any:
+        from sdforensics.plots import recipe_figure
+
+        return recipe_figure(self)
+
+    def plot_blocks(self) -> Any:
+        from sdforensics.plots import blocks_figure
+
+        return blocks_figure(self)
+
+    def plot_similarity(self) -> Any:
+        from sdforensics.plots import similarity_figure
+
+        return similarity_figure(self)
+
+    def plot_unexplained(self) -> Any:
+        from sdforensics.plots import unexplained_figure
+
+        return unexplained_figure(self)
 
 
 def junk_keys(layout: Layout) -> list[str]:
