@@ -60,6 +60,14 @@ def identity_lines(a: Analysis) -> list[str]:
     if ident.component_hashes:
         content = "  ".join(f"{c} {v[:12]}" for c, v in ident.component_hashes.items())
         lines.append(f"  content  {content}  (value hashes, same across fp16/fp32 re-saves)")
+    globs = a.layout.format.globals
+    if a.layout.format.container.startswith("pickle"):
+        flagged = [g for g in globs if g.verdict != "safe"]
+        verdict = "dangerous" if any(g.verdict == "dangerous" for g in flagged) else (
+            "suspicious" if flagged else "clean")
+        lines.append(f"  pickle   scan {verdict}: {len(globs)} globals named, {len(flagged)} not on the allowlist"
+                     + (": " + ", ".join(printable(g.qualname, 80) for g in flagged[:5]) if flagged else
+                        " (nothing was executed to read it)"))
     for note in a.layout.mapping.notes:
         lines.append(f"  keys     {printable(note, 200)}")
     for hint in arch.hints:
