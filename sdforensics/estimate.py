@@ -403,7 +403,14 @@ def estimate_recipe(
         and abs(aff.get(best, (0.0, 0.0))[0] - 1.0) < 0.015
         and all(abs(w.weight) < 0.02 or w.reference == names[best] for w in weights)
     )
-    if exact or near:
+    lora_only = bool(loras) and (
+        len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < 0.02 or not model_weights
+    )
+    if lora_only and not exact:  # a LoRA baked into one model: near-copy of it plus the LoRA
+        kind = "lora"
+        if near:
+            copy_of = names[best]
+    elif exact or near:
         kind, copy_of = "copy", names[best]
         weights = [w for w in weights if w.reference == copy_of] or [Weight(copy_of, 1.0, (1.0, 1.0))]
         if exact:
@@ -416,7 +423,7 @@ def estimate_recipe(
         kind = "component_swap"
     elif elementwise is not None and elementwise.kind in ("ties", "dare", "dare_ties"):
         kind = "ties" if elementwise.kind == "ties" else "dare"
-    elif loras and (len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < 0.02 or not model_weights):
+    elif lora_only:
         kind = "lora"
     elif not any(c < prob.n_model for c in fit.columns) and fit.unexplained > 0.3:
         kind = "unknown"

@@ -307,6 +307,16 @@ def detect_lowrank(
     if not found:
         return None
     rank = Counter(r for _, r in found).most_common(1)[0][0]
+    # With the rank known from the clear layers, weaker layers count when their spectrum drops
+    # after that same rank by a smaller (but still clear) factor.
+    seen = {k for k, _ in found}
+    for key, m in residual_sketch_matrices.items():
+        ref = scales.get(key, top) if scales is not None else top
+        if key in seen or m.ndim != 2 or min(m.shape) <= rank or norms[key] <= min_share * max(ref, 1e-300):
+            continue
+        sv = np.linalg.svd(m, compute_uv=False)
+        if sv[rank - 1] > 0 and sv[rank - 1] >= (gap / 2.5) * max(sv[rank], sv[0] * 1e-15):
+            found.append((key, rank))
     return LowRankFinding(rank, tuple(k for k, _ in found), tuple(found))
 
 

@@ -140,7 +140,9 @@ def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
             )
         shape = entry["shape"]
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise CorruptFileError(f"{where}: tensor {label!r} has an invalid shape {shape!r}")
+            raise CorruptFileError(f"{where}: tensor {label!r} has an invalid shape {_short(str(shape))}")
+        if any(d >= 2**63 for d in shape):  # even with a 0 dim (0 bytes), torch cannot build the shape
+            raise CorruptFileError(f"{where}: tensor {label!r} has a dimension of 2^63 or more")
         offsets = entry["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
             raise CorruptFileError(f"{where}: tensor {label!r} has invalid data_offsets {offsets!r}")
