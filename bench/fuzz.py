@@ -12,7 +12,7 @@ is rebuilt exactly by ``--replay TARGET:N`` (the targets and the contract are in
 ``tests/fuzz_targets.py``). Each worker process caps its address space (``--mem-gb``, default 3)
 and each input's wall time (``--timeout``, default 10 s); an input that exceeds either, raises
 anything but ``SdfError``, yields a tensor unlike its info, or runs a planted payload, is a bug.
-Failing inputs are copied under ``--out`` (default ``bench/fuzz-out``), first few per signature.
+Failing inputs are copied under ``--out`` (default ``$TMPDIR/sdf-fuzz-out``), first few per signature.
 
 The table: per target, inputs run, accepted (opened and read), rejected (clean ``SdfError``),
 unexpected (bugs), the slowest input and its number; then wall time, inputs/s, peak RSS of the
@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -39,7 +41,8 @@ CHUNK = 250
 KEEP_PER_SIGNATURE = 3
 
 
-def _init(mem_gb: float) -> None:
+def _init(mem_gb: float, workroot: str) -> None:
+    tempfile.tempdir = workroot  # seed folders and markers land there, removed at the end
     if mem_gb > 0:
         cap = int(mem_gb * (1 << 30))
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -69,8 +72,6 @@ def _chunk(names: list[str], first: int, count: int, timeout: float, workroot: s
 
 
 def _save(target: str, n: int, out: Path) -> None:
-    import shutil
-
     import fuzz_targets as ft
 
     ft.run_one(target, n, out / ".work", timeout=30, keep=out)
@@ -80,7 +81,6 @@ def _save(target: str, n: int, out: Path) -> None:
 def replay(spec: str, out: Path) -> int:
     """Rebuild input ``TARGET:N`` under ``out/TARGET-N`` and run the contract on it, with traceback."""
     import random
-    import shutil
 
     import fuzz_targets as ft
 
@@ -108,14 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--mem-gb", type=float, default=3.0)
     ap.add_argument("--targets", default="", help="comma-separated subset (default: all)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "fuzz-out")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sdf-fuzz-out")
     ap.add_argument("--workdir", default="/dev/shm" if Path("/dev/shm").is_dir() else "/tmp")
     ap.add_argument("--replay", default="", help="TARGET:N: rebuild one input, run it, show the traceback")
     args = ap.parse_args(argv)
     if args.replay:
         return replay(args.replay, args.out)
-
-    import tempfile
 
     import fuzz_targets as ft
 
@@ -124,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown targets {sorted(unknown)}; known: {', '.join(ft.TARGETS)}")
     workroot = tempfile.mkdtemp(prefix="sdf-fuzz-", dir=args.workdir)
+    tempfile.tempdir = workroot
     stats: dict[str, Counter[str]] = defaultdict(Counter)
     slowest: dict[str, tuple[float, int]] = {}
     bugs: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     while n < end:
         todo.append((n, min(CHUNK, end - n)))
         n += CHUNK
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.mem_gb,)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.mem_gb, workroot)) as pool:
         pending = set()
         it = iter(todo)
         for first, count in it:
@@ -170,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig, hits in bugs.items():
         for num, _ in hits[:KEEP_PER_SIGNATURE]:
             _save(sig.split(" ", 1)[0], num, args.out)
+    shutil.rmtree(workroot, ignore_errors=True)
     print(_table(stats, slowest, wall, peak, bugs, args))
     return 1 if bugs else 0
 

@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(
             (f"{label}: kind right and ingredient set exact in {n_ok}/{len(sel)} (need >= {need})", n_ok >= need)
         )
+    dt = [c for c in cases if c.method == "dare_ties"]
+    if dt:
+        n_dt = sum(c.result.get("elementwise") == "dare_ties" for c in dt)
+        print(f"(info) DARE-TIES cases whose element-wise kind was named dare_ties: {n_dt}/{len(dt)}")
     ok_lin, lines = linear_recheck(args.out, args.width)
     print("linear merges of bench/recipes.py re-checked (no TIES/DARE/LoRA reported):")
     for line in lines:

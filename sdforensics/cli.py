@@ -380,6 +380,9 @@ def demo(
 
 
 def main() -> None:
+    from sdforensics.runtime import tune_allocator
+
+    tune_allocator()
     app()
 
 

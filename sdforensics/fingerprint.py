@@ -167,6 +167,13 @@ class Fingerprinter:
             self._cache[key] = torch.from_numpy(signs(n, k, side)).to(self.device)
         return self._cache[key]
 
+    def _signs_and_ones(self, cols: int) -> torch.Tensor:
+        key = ("signs1", cols, self.scheme.k2)
+        if key not in self._cache:
+            r = self._signs(cols, self.scheme.k2, "cols")
+            self._cache[key] = torch.cat([r, torch.ones(cols, 1, device=self.device)], dim=1).contiguous()
+        return self._cache[key]
+
     def _plan(self, shape: tuple[int, ...], m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         key = ("cs", shape, m)
         if key not in self._cache:
@@ -194,24 +201,39 @@ class Fingerprinter:
 
     def _sketch_print(self, name: str, info: TensorInfo, tensor: torch.Tensor, m: int) -> TensorPrint:
         x = tensor.to(device=self.device, dtype=torch.float32)
-        stats, finite = _stats(x)
-        if not finite:
+        n = x.numel()
+        # Statistics in as few passes as possible: the norm (float32, pairwise), the extremes, and
+        # the sum for free from the structure matmul (a column of ones next to the signs).
+        l2 = float(torch.linalg.vector_norm(x))
+        nan = inf = 0
+        if not np.isfinite(l2):
+            nan = int(torch.isnan(x).sum())
+            inf = int(torch.isinf(x).sum())
             x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            l2 = float(torch.linalg.vector_norm(x))
+        lo, hi = torch.aminmax(x)
         flat = x.reshape(-1)
         shape = tuple(info.shape)
         pos, buckets, sgn = self._plan(shape, m)
-        scale = (flat.numel() / pos.numel()) ** 0.5
+        scale = (n / pos.numel()) ** 0.5
         cs = torch.zeros(m, dtype=torch.float64, device=self.device)
         cs.index_add_(0, buckets, (flat[pos] * sgn).double())
         cs *= scale
         structure = None
         if x.dim() >= 2:
             rows, cols = matrix_view(tuple(x.shape))
-            w = x.reshape(rows, cols)
+            wr = x.reshape(rows, cols) @ self._signs_and_ones(cols)
+            total = float(wr[:, -1].sum(dtype=torch.float64))
             g = self._signs(rows, self.scheme.k1, "rows")
-            r = self._signs(cols, self.scheme.k2, "cols")
-            structure = ((g.T @ (w @ r)) / (self.scheme.k1 * self.scheme.k2) ** 0.5).reshape(-1).double().cpu().numpy()
+            sk = (g.T @ wr[:, :-1]) / (self.scheme.k1 * self.scheme.k2) ** 0.5
+            structure = sk.reshape(-1).double().cpu().numpy()
+        else:
+            total = float(x.sum(dtype=torch.float64))
         sample = flat[self._positions(shape)].double().cpu().numpy()
+        mean = total / n
+        var = max(l2 * l2 / n - mean * mean, 0.0)
+        zero_frac = float((sample == 0).mean()) if sample.size else 0.0  # estimated from the sample
+        stats = np.array([n, mean, var**0.5, l2, max(abs(float(lo)), abs(float(hi))), zero_frac, nan, inf])
         return TensorPrint(name, info.shape, info.dtype, "sketch", "", stats, cs.cpu().numpy(), sample, structure)
 
     def nonfinite_issues(self) -> list[TensorIssue]:
@@ -231,28 +253,6 @@ class Fingerprinter:
         ident = dict(identity)
         ident["scheme"] = self.scheme.to_json()
         return Fingerprint(self.scheme, ident, prints)
-
-
-def _stats(x: torch.Tensor) -> tuple[np.ndarray, bool]:
-    n = x.numel()
-    if n == 0:
-        return np.array([0, 0, 0, 0, 0, 0, 0, 0], dtype=np.float64), True
-    total = float(x.sum(dtype=torch.float64))
-    l2 = float(torch.linalg.vector_norm(x, dtype=torch.float64))
-    finite = np.isfinite(total) and np.isfinite(l2)
-    nan = inf = 0
-    if not finite:
-        nan = int(torch.isnan(x).sum())
-        inf = int(torch.isinf(x).sum())
-        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        total = float(x.sum(dtype=torch.float64))
-        l2 = float(torch.linalg.vector_norm(x, dtype=torch.float64))
-    lo, hi = torch.aminmax(x)
-    maxabs = max(abs(float(lo)), abs(float(hi)))
-    mean = total / n
-    var = max(l2 * l2 / n - mean * mean, 0.0)
-    zero_frac = float((x == 0).sum()) / n if n <= EXACT_MAX else -1.0
-    return np.array([n, mean, var**0.5, l2, maxabs, zero_frac, nan, inf], dtype=np.float64), finite
 
 
 def _exact_print(name: str, info: TensorInfo, tensor: torch.Tensor, digest: str) -> TensorPrint:

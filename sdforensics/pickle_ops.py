@@ -431,7 +431,7 @@ def walk_all(data: bytes, limits: Limits = Limits(), max_pickles: int = 64) -> l
     """Walk consecutive pickles (legacy torch files hold five) until the data ends or one breaks."""
     results: list[WalkResult] = []
     pos = 0
-    while pos < len(data) and len(results) < max_pickles:
+    while (pos < len(data) or not results) and len(results) < max_pickles:
         r = walk(data, pos, limits)
         results.append(r)
         if not r.stopped:

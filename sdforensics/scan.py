@@ -323,7 +323,8 @@ def sniff(head: bytes, size: int) -> str:
         return "zip"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "torch-tar"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or head[:1] in b"(c]})N":
+    first = head[:1]
+    if first == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or (first and first in b"(c]})N"):
         return "pickle"
     return "unknown"
 

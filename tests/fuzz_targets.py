@@ -29,6 +29,7 @@ failures shrink), the long run passes ``random.Random(f"{target}:{seed}")``.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -85,7 +86,8 @@ class InputTimeout(BaseException):  # noqa: N818 - BaseException so readers' `ex
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one input did: ``accepted`` (opened and read), ``rejected`` (SdfError) or ``bug``."""
+    """What one input did: ``accepted`` (opened and read), ``rejected`` (SdfError), ``bug``, or
+    ``harness`` (building the input failed: a fuzzer bug)."""
 
     target: str
     seed: int
@@ -202,11 +204,11 @@ def mutate_json(rng: random.Random, doc: Any) -> Any:
         op = rng.randrange(5)
         if not path:
             if op == 0:
-                doc = rng.choice(JSON_VALUES)
+                doc = copy.deepcopy(rng.choice(JSON_VALUES))
             continue
         parent, key = _get(doc, path[:-1]), path[-1]
         if op <= 1:
-            parent[key] = rng.choice(JSON_VALUES)
+            parent[key] = copy.deepcopy(rng.choice(JSON_VALUES))  # never share (and later mutate) a constant
         elif op == 2:
             del parent[key]
         elif op == 3 and isinstance(parent, dict):
@@ -934,7 +936,9 @@ def run_one(target: str, seed: int | random.Random, workdir: Path, timeout: floa
         try:
             path = TARGETS[target].build(rng, workdir)
         except InputTimeout:
-            return Outcome(target, num, "bug", f"HarnessTimeout: building the input took over {timeout} s")
+            return Outcome(target, num, "harness", f"HarnessTimeout: building the input took over {timeout} s")
+        except Exception as err:  # noqa: BLE001 - a mutator bug, not a reader bug: say so
+            return Outcome(target, num, "harness", f"{type(err).__name__}: {str(err)[:300]}", _where(err))
         finally:
             if timeout:  # re-arm: the input itself gets the full limit
                 signal.setitimer(signal.ITIMER_REAL, timeout)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -343,6 +344,9 @@ class PickleCheckpoint:
                 raise CorruptFileError(f"{path}: storage {t.storage.key!r} declares "
                                        f"{t.storage.numel * t.storage.dtype.itemsize:,} bytes but holds "
                                        f"{st.nbytes:,}")
+            if _numel(t.shape) > max(t.storage.numel, 1) and _numel(t.shape) > 64 << 20:
+                raise CorruptFileError(f"{path}: tensor {_esc(name)!r} declares {_numel(t.shape):,} elements over a "
+                                       f"storage of {t.storage.numel:,} (a repeated-stride memory bomb)")
             if t.extent() and t.offset + t.extent() > t.storage.numel:
                 raise CorruptFileError(f"{path}: tensor {_esc(name)!r} spans elements up to "
                                        f"{t.offset + t.extent():,} of a storage of {t.storage.numel:,}")
@@ -427,7 +431,11 @@ def _open_zip(path: Path, f: BinaryIO) -> PickleCheckpoint:
             findings.append(f"extra pickle member {m.name!r} (not read)")
         _refuse_globals(path, results, m.name, broken_ok=True)
     order = layout.member(prefix + "byteorder")
-    if order is not None and read_member(f, order, 16).strip() not in (b"little", b""):
+    try:
+        byteorder = read_member(f, order, 16).strip() if order is not None else b""
+    except (ValueError, zlib.error) as err:
+        raise CorruptFileError(f"{path}: unreadable byteorder member ({err})") from None
+    if byteorder not in (b"little", b""):
         raise UnsupportedFormatError(f"{path}: big-endian checkpoint; not supported")
     try:
         data = read_member(f, main)

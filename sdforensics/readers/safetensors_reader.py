@@ -31,7 +31,7 @@ from sdforensics.readers.base import FormatInfo, TensorInfo
 
 HEADER_CAP = 100 * 1024 * 1024
 """Largest JSON header we accept (the safetensors library uses the same 100 MB cap)."""
-TENSOR_CAP = 250_000
+TENSOR_CAP = 50_000
 """Most tensors we accept in one file: SD checkpoints hold a few thousand, and a header of a million
 tiny tensors (BAD_INPUTS 14) would cost minutes downstream."""
 
