@@ -248,11 +248,18 @@ class SafetensorsCheckpoint:
             tap(self._head_bytes)
         fh.seek(self.header.data_start)
         for info, offset in zip(self.header.infos, self.header.offsets, strict=True):
-            buf = bytearray(info.nbytes)
+            # torch.empty: no zero-fill before the read overwrites every byte
+            raw = torch.empty(info.nbytes, dtype=torch.uint8)
             if info.nbytes:
+                view = raw.numpy().data.cast("B")
                 fh.seek(offset)
+                got = 0
                 try:
-                    got = fh.readinto(buf)
+                    while got < info.nbytes:  # a single read() returns at most ~2 GiB
+                        n = fh.readinto(view[got:])
+                        if not n:
+                            break
+                        got += n
                 except OSError as err:
                     raise CorruptFileError(
                         f"{self._where}: read error in {_short(info.name)!r}: {err}"
@@ -263,8 +270,8 @@ class SafetensorsCheckpoint:
                         "(it changed or was truncated while being read)"
                     )
                 if tap is not None:
-                    tap(buf)
-            yield info, _to_tensor(buf, info)
+                    tap(view)
+            yield info, _to_tensor(raw, info)
         if tap is not None:
             fh.seek(self.header.data_end)
             while chunk := fh.read(16 << 20):
@@ -280,11 +287,11 @@ class SafetensorsCheckpoint:
         self.close()
 
 
-def _to_tensor(buf: bytearray, info: TensorInfo) -> torch.Tensor:
+def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     dtype = DTYPES[info.dtype].torch_dtype
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+    return raw.view(dtype).reshape(info.shape)
 
 
 def open_safetensors(path: Path) -> SafetensorsCheckpoint:
