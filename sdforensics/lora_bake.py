@@ -28,7 +28,7 @@ import torch
 from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme
 from sdforensics.lora import LoraFile
 from sdforensics.readers.base import TensorInfo
-from sdforensics.synth import Spec
+from sdforensics.synth import Derived, Spec
 from sdforensics.tables import architecture, block_maps
 
 __all__ = ["Baked", "bake", "block_of_family", "lora_fingerprint", "lora_identity"]
@@ -45,7 +45,7 @@ def _check_shape(lora: LoraFile, key: str, shape: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class Baked(Spec):
+class Baked(Derived):
     """``parent`` with ``lora`` merged in at ``strength``: ``tensor(key) = parent + strength * delta``."""
 
     parent: Spec
@@ -56,17 +56,6 @@ class Baked(Spec):
         if self.lora.family is not None and self.lora.family != self.parent.family:
             raise ValueError(f"{self.lora.path.name}: a {self.lora.family} LoRA cannot be baked into a "
                              f"{self.parent.family} model")
-
-    @property
-    def family(self) -> str:  # type: ignore[override]
-        return self.parent.family
-
-    @property
-    def width(self) -> int:  # type: ignore[override]
-        return self.parent.width
-
-    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return self.parent.layout()
 
     def tensor(self, key: str) -> torch.Tensor:
         base = self.parent.tensor(key)

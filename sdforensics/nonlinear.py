@@ -189,7 +189,7 @@ def detect_elementwise(
         d_parts.append(d)
         pct_parts.append(_percentiles(d) if d.shape[0] else d)
         moved_parts.append(moved)
-        norm_parts.append(np.full(t.shape, 1.0 / max(float(np.sqrt(np.mean(d**2))), 1e-30)))
+        norm_parts.append(np.full(t.shape, 1.0 / max(float(np.sqrt(np.mean(d**2))) if d.size else 0.0, 1e-30)))
     if not t_parts or not others:
         return ElementwiseFinding("linear", (), None, None, None, 0.0, 0.5, 0)
     t = np.concatenate(t_parts)

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sdforensics.safetext import printable
+from sdforensics.safetext import human_size, printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -73,14 +73,6 @@ def _pct(x: Any) -> str:
     return f"{x:.1%}" if isinstance(x, int | float) and not isinstance(x, bool) else "&ndash;"
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"
-
-
 def _kv(rows: Iterable[tuple[str, str]]) -> str:
     """Two-column table; keys are our own labels, values are already-escaped HTML."""
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -118,7 +110,7 @@ def _summary_items(a: Analysis, doc: dict[str, Any]) -> list[str]:
     items = []
     comps = ", ".join(arch.components) or "no known components"
     variant = "" if arch.variant in ("standard", "", None) else f", {arch.variant}"
-    size = f", {_size(a.hashes.bytes)}" if a.hashes else ""
+    size = f", {human_size(a.hashes.bytes)}" if a.hashes else ""
     items.append(f"<b>What it is:</b> {_e(arch.label)}{_e(variant)} checkpoint ({_e(comps)}){size}, "
                  f"{_e(a.layout.format.container)}.")
     for m in doc.get("registry") or []:
@@ -168,7 +160,7 @@ def _identity(a: Analysis, doc: dict[str, Any]) -> str:
     rows.append(("tensors", f"{ident.n_tensors:,} ({ident.n_params:,} values; {dtypes})"))
     h = a.hashes
     if h is not None:
-        rows.append(("size", f"{_size(h.bytes)} ({h.bytes:,} bytes)"))
+        rows.append(("size", f"{human_size(h.bytes)} ({h.bytes:,} bytes)"))
         for label, value in (("SHA-256", h.sha256), ("AutoV2", h.autov2), ("AutoV1", h.autov1),
                              ("AutoV3", h.autov3), ("BLAKE3", h.blake3), ("CRC32", h.crc32)):
             rows.append((label, f"<code>{_e(value or '-')}</code>"))

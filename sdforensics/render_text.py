@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sdforensics.safetext import printable
+from sdforensics.safetext import human_size, printable
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
 
 _MARK = {"error": "!!", "warning": "! ", "info": "- "}
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"
 
 
 def _params(n: int) -> str:
@@ -50,7 +42,7 @@ def identity_lines(a: Analysis) -> list[str]:
     lines.append(f"  tensors  {ident.n_tensors:,} ({_params(ident.n_params)} values; {dtypes})")
     if a.hashes:
         h = a.hashes
-        lines.append(f"  size     {_size(h.bytes)} ({h.bytes:,} bytes)")
+        lines.append(f"  size     {human_size(h.bytes)} ({h.bytes:,} bytes)")
         lines.append(f"  sha256   {h.sha256}")
         lines.append(
             f"  hashes   AutoV2 {h.autov2}  AutoV1 {h.autov1 or '-'}  AutoV3 {(h.autov3 or '-')[:12]}  "

@@ -11,6 +11,19 @@ the HTML renderer on top of this.
 from __future__ import annotations
 
 
+def human_size(n: float) -> str:
+    """Bytes in decimal units: ``8.57 MB``.
+
+    >>> human_size(8_568_622)
+    '8.57 MB'
+    """
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
 def printable(text: str, limit: int | None = 500) -> str:
     """``text`` with control characters escaped, cut to ``limit`` characters (None: no cut)."""
     out = []

@@ -98,23 +98,10 @@ class Base(Spec):
         return torch.randn(shape, generator=g) / (fan_in**0.5)
 
 
-def _magnitude(t: torch.Tensor) -> float:
-    if t.dim() <= 1:
-        return 0.02
-    fan_in = t[0].numel()
-    return 1.0 / fan_in**0.5
-
-
-@dataclass(frozen=True, eq=False)
-class FineTune(Spec):
-    """``parent`` + low-rank-plus-noise delta of relative size ``scale``."""
+class Derived(Spec):
+    """A spec computed from ``self.parent``: same family, width and key layout."""
 
     parent: Spec
-    seed: int = 1
-    scale: float = 0.05
-    rank: int = 8
-    noise: float = 0.5
-    """Share of the delta's energy that is dense noise rather than low rank."""
 
     @property
     def family(self) -> str:  # type: ignore[override]
@@ -126,6 +113,25 @@ class FineTune(Spec):
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return self.parent.layout()
+
+
+def _magnitude(t: torch.Tensor) -> float:
+    if t.dim() <= 1:
+        return 0.02
+    fan_in = t[0].numel()
+    return 1.0 / fan_in**0.5
+
+
+@dataclass(frozen=True, eq=False)
+class FineTune(Derived):
+    """``parent`` + low-rank-plus-noise delta of relative size ``scale``."""
+
+    parent: Spec
+    seed: int = 1
+    scale: float = 0.05
+    rank: int = 8
+    noise: float = 0.5
+    """Share of the delta's energy that is dense noise rather than low rank."""
 
     def delta(self, key: str, base: torch.Tensor) -> torch.Tensor:
         g = _gen("ft", self.seed, key)
