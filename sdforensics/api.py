@@ -16,7 +16,7 @@ from sdforensics.analysis import Analysis, collect
 from sdforensics.compare import Similarity, component_digests, identical_components, similarity
 from sdforensics.errors import SdfError
 from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, resolve_device
-from sdforensics.library import Reference, load_references, search_path
+from sdforensics.library import Reference, library_scheme, load_references, search_path
 from sdforensics.passes import Progress
 from sdforensics.tables import architecture, block_maps
 
@@ -160,13 +160,21 @@ def analyze(
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe."""
     if is_lora_file(path):
         return describe_lora_file(path, progress)
-    analysis, fp = fingerprint_model(Path(path), device, progress)
+    scheme = library_scheme(search_path(library))
+    analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme)
     extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
     family = analysis.architecture.family
-    found = compatible(fp, load_references(search_path(library), family)) if family else []
+    same_family = load_references(search_path(library), family) if family else []
+    found = compatible(fp, same_family)
     refs = [r for r in found if r.fingerprint.identity.get("kind") != "lora"]
     loras = [r for r in found if r.fingerprint.identity.get("kind") == "lora"]
-    extras["library"] = {"searched": [str(p) for p in search_path(library)], "references": len(refs)}
+    skipped = [r.name for r in same_family if r not in found]
+    extras["library"] = {
+        "searched": [str(p) for p in search_path(library)],
+        "references": len(refs),
+        "loras": len(loras),
+        "skipped": skipped,
+    }
     if refs:
         arch = architecture(analysis.architecture.name or family or "")
         blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
@@ -182,6 +190,12 @@ def analyze(
         extras["summary"] = (
             ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
         )
+    if skipped:
+        extras["summary"] = [
+            *extras.get("summary", []),
+            f"{len(skipped)} references were left out: made at another width or with another fingerprint "
+            "scheme; re-add them with 'sdf refs add'",
+        ]
     return replace(analysis, extras=extras)
 
 

@@ -52,11 +52,28 @@ class Scheme:
     block_budget: int = 49152
     """CountSketch buckets per merge block, shared among its layers in proportion to their size."""
     oversample: int = 8
+    rounding: str = "multiple64"
+    """How a layer's share of its block's buckets is rounded: ``multiple64`` (the default: the
+    block total stays at the budget) or ``pow2`` (fingerprints made before 0.1.0's release)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "k1": self.k1, "k2": self.k2, "samples": self.samples,
                 "exact_max": self.exact_max, "block_budget": self.block_budget, "oversample": self.oversample,
+                "rounding": self.rounding,
                 "signs": "shake256+pcg64"}
+
+
+def scheme_from_json(raw: dict[str, Any]) -> Scheme:
+    """The scheme a fingerprint header (or library index) records; raises KeyError/TypeError/ValueError."""
+    return Scheme(
+        k1=int(raw["k1"]),
+        k2=int(raw["k2"]),
+        samples=int(raw["samples"]),
+        exact_max=int(raw["exact_max"]),
+        block_budget=int(raw.get("block_budget", 49152)),
+        oversample=int(raw.get("oversample", 8)),
+        rounding=str(raw.get("rounding", "pow2")),  # absent: made before the rounding became a choice
+    )
 
 
 def _pow2(x: float) -> int:
@@ -79,7 +96,8 @@ def allocation(layout: dict[str, tuple[int, ...]], block_of: Any, scheme: Scheme
     out = {k: 0 for k in numel}
     for k, n in big.items():
         share = scheme.block_budget * n / per_block[block_of(k) or "OTHER"]
-        m = min(max(_pow2(share), 256), 65536)
+        rounded = _pow2(share) if scheme.rounding == "pow2" else 64 * max(1, round(share / 64))
+        m = min(max(rounded, 256), 65536)
         out[k] = 0 if 2 * m >= n else m
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 import safetensors.numpy
 
 from sdforensics.errors import FingerprintError, SdfError
-from sdforensics.fingerprint import FORMAT, VERSION, Fingerprint, Scheme, TensorPrint
+from sdforensics.fingerprint import FORMAT, VERSION, Fingerprint, Scheme, TensorPrint, scheme_from_json
 from sdforensics.readers.safetensors_reader import open_safetensors
 
 _LOSSLESS_16 = ("F16", "F8_E4M3", "F8_E5M2")
@@ -83,9 +83,7 @@ def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
 
 def _scheme(raw: dict[str, Any], where: str) -> Scheme:
     try:
-        return Scheme(
-            k1=int(raw["k1"]), k2=int(raw["k2"]), samples=int(raw["samples"]), exact_max=int(raw["exact_max"])
-        )
+        return scheme_from_json(raw)
     except (KeyError, TypeError, ValueError) as err:
         raise FingerprintError(f"{where}: the fingerprint's scheme is malformed ({err})") from err
 

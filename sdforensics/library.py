@@ -13,12 +13,13 @@ import contextlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdforensics.errors import LibraryError
-from sdforensics.fingerprint import Fingerprint
+from sdforensics.fingerprint import Fingerprint, Scheme, scheme_from_json
 from sdforensics.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.manifest import verify_manifest, write_manifest
 
@@ -222,6 +223,26 @@ def load_references(folders: list[Path], family: str | None = None) -> list[Refe
             seen.add(entry.name)
             out.append(Reference(entry, load_fingerprint(entry.path)))
     return out
+
+
+def library_scheme(folders: list[Path]) -> Scheme | None:
+    """The fingerprint scheme most references in ``folders`` were made with (None: empty library).
+
+    A target is fingerprinted with it, so libraries made by an earlier scheme keep working."""
+    counts: Counter[str] = Counter()
+    for folder in folders:
+        if not (folder / INDEX).exists():
+            continue
+        for e in Library(folder).entries:
+            raw = e.identity.get("scheme")
+            if isinstance(raw, dict):
+                counts[json.dumps(raw, sort_keys=True)] += 1
+    for text, _ in counts.most_common():
+        try:
+            return scheme_from_json(json.loads(text))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def fingerprint_bytes(path: Path) -> int:
