@@ -168,7 +168,8 @@ def analyze(
     found = compatible(fp, same_family)
     refs = [r for r in found if r.fingerprint.identity.get("kind") != "lora"]
     loras = [r for r in found if r.fingerprint.identity.get("kind") == "lora"]
-    skipped = [r.name for r in same_family if r not in found]
+    kept = {r.name for r in found}
+    skipped = [r.name for r in same_family if r.name not in kept]
     extras["library"] = {
         "searched": [str(p) for p in search_path(library)],
         "references": len(refs),
