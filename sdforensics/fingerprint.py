@@ -229,13 +229,18 @@ class Fingerprinter:
             inf = int(torch.isinf(x).sum())
             x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
             l2 = float(torch.linalg.vector_norm(x))
-        lo, hi = torch.aminmax(x)
+        # extremes on the stored half-precision values when there are some (half the bytes to read)
+        src = tensor.to(self.device) if tensor.dtype in (torch.float16, torch.bfloat16) and not nan + inf else x
+        lo, hi = torch.aminmax(src)
         flat = x.reshape(-1)
         shape = tuple(info.shape)
         pos, buckets, sgn = self._plan(shape, m)
         scale = (n / pos.numel()) ** 0.5
-        cs = torch.zeros(m, dtype=torch.float64, device=self.device)
-        cs.index_add_(0, buckets, (flat[pos] * sgn).double())
+        signed = flat[pos] * sgn
+        if signed.numel() < n and signed.numel() % m == 0:  # sampled: position i goes to bucket i % m
+            cs = signed.reshape(-1, m).double().sum(0)
+        else:  # every position once, in random buckets
+            cs = torch.zeros(m, dtype=torch.float64, device=self.device).index_add_(0, buckets, signed.double())
         cs *= scale
         structure = None
         if x.dim() >= 2:
