@@ -161,8 +161,21 @@ def dare(models: Sequence[Path], base: Path, p: float, seed: int, out: Path, alp
     return _write(_on_base(base, t.dropout(*_deltas(models, base), probability=p, seed=seed), alpha), out)
 
 
-def dare_ties(models: Sequence[Path], base: Path, p: float, k: float, seed: int, out: Path, alpha: float = 1.0) -> Path:
-    """DARE-TIES (``ties_sum_with_dropout``): dropout with probability p, then TIES with top-k."""
+def dare_ties(
+    models: Sequence[Path],
+    base: Path,
+    p: float,
+    k: float,
+    seed: int,
+    out: Path,
+    alpha: float = 1.0,
+    apply_stock: bool = False,
+) -> Path:
+    """DARE-TIES (``ties_sum_with_dropout``): dropout with probability p, then TIES with top-k.
+
+    In sd-mecha 1.1.8 the default ``apply_stock=False`` *does* multiply each row by the model-stock
+    factor ``t = n cos / (1 + (n - 1) cos)`` of the kept deltas (``t = 1`` only with
+    ``apply_stock=True``), so the default output is DARE-TIES with a per-row shrink."""
     _, t = _methods()
-    delta = t.ties_sum_with_dropout(*_deltas(models, base), probability=p, k=k, seed=seed)
+    delta = t.ties_sum_with_dropout(*_deltas(models, base), probability=p, k=k, seed=seed, apply_stock=apply_stock)
     return _write(_on_base(base, delta, alpha), out)

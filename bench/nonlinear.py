@@ -40,6 +40,8 @@ import mecha_merge as mm  # noqa: E402
 import recipes  # noqa: E402
 
 PASS_MIN = 9  # of 10 per set
+#: DARE-TIES with apply_stock=True (t = 1): sd-mecha's default multiplies rows by the model-stock t
+STOCK_OFF = False
 
 # (refs, k) for TIES; (refs, p, seed) for DARE and DARE-TIES: 2-3 references, parameters spread
 TIES_CASES = [
@@ -111,7 +113,7 @@ def make(case: NCase, paths: dict[str, Path], out: Path) -> None:
     elif case.method == "dare":
         mm.dare(models, paths["base"], case.p or 0.9, case.seed or 0, out)
     else:
-        mm.dare_ties(models, paths["base"], case.p or 0.9, 1.0, case.seed or 0, out)
+        mm.dare_ties(models, paths["base"], case.p or 0.9, 1.0, case.seed or 0, out, apply_stock=STOCK_OFF)
     case.merger = "sd-mecha"
 
 
@@ -142,25 +144,32 @@ def analyze_case(case: NCase, path: Path, library: Path) -> None:
 
 
 def linear_recheck(out: Path, width: int) -> tuple[bool | None, list[str]]:
-    """From recipes.py's JSON: no linear merge reported as TIES, DARE or LoRA."""
-    candidates = [out / f"recipes-w{width}.json", out / "recipes-w1.json", *sorted(out.glob("recipes-w*.json"))]
-    src = next((p for p in candidates if p.exists()), None)
-    if src is None:
+    """From recipes.py's JSON: no linear merge reported as TIES, DARE or LoRA.
+
+    Checks every ``recipes-w*.json`` there is (full size first, then this width, then others)."""
+    found = sorted(
+        out.glob("recipes-w*.json"),
+        key=lambda p: (p.name != "recipes-w1.json", p.name != f"recipes-w{width}.json", p.name),
+    )
+    if not found:
         return None, ["no recipes-w*.json: run bench/recipes.py first"]
-    data = json.loads(src.read_text())
-    lines = [f"source {src.name} (width 1/{data.get('width')})"]
     ok = True
-    linear = [c for c in data["cases"] if c["figure"] in ("linear", "block", "trained", "kept_out", "bf16", "swap")]
-    for c in linear:
-        r = c["result"]
-        bad = (
-            r.get("kind") in ("ties", "dare", "lora") or r.get("elementwise") not in (None, "linear") or r.get("loras")
-        )
-        ok &= not bad
-        lines.append(
-            f"  {c['name']:<18} kind {r.get('kind')!s:<16} elementwise {r.get('elementwise')!s:<8} "
-            f"loras {r.get('loras', 0)}  {'FAIL' if bad else 'ok'}"
-        )
+    lines: list[str] = []
+    for src in found:
+        data = json.loads(src.read_text())
+        lines.append(f"source {src.name} (width 1/{data.get('width')})")
+        for c in data["cases"]:
+            r = c["result"]
+            bad = (
+                r.get("kind") in ("ties", "dare", "lora")
+                or r.get("elementwise") not in (None, "linear")
+                or bool(r.get("loras"))
+            )
+            ok &= not bad
+            lines.append(
+                f"  {c['name']:<18} kind {r.get('kind')!s:<16} elementwise {r.get('elementwise')!s:<8} "
+                f"loras {r.get('loras', 0)}  {'FAIL' if bad else 'ok'}"
+            )
     return ok, lines
 
 
@@ -174,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-library", action="store_true", help="fingerprint the library again")
     ap.add_argument("--sets", default="ties,dare,dare_ties", help="comma list of sets to run")
     ap.add_argument("--n", type=int, default=10, help="cases per set (development)")
+    ap.add_argument("--no-model-stock", action="store_true", help="DARE-TIES with apply_stock=True (t = 1)")
     args = ap.parse_args(argv)
+    global STOCK_OFF
+    STOCK_OFF = args.no_model_stock
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     mm.set_threads(args.threads)
@@ -290,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "figures": [{"figure": t, "pass": ok} for t, ok in summary],
     }
-    (args.out / f"nonlinear-w{args.width}.json").write_text(json.dumps(dump, indent=1, default=str))
+    (
+        args.out / f"nonlinear-w{args.width}{'-nostock' if STOCK_OFF else ''}-{args.sets.replace(',', '+')}.json"
+    ).write_text(json.dumps(dump, indent=1, default=str))
     return 0 if all(ok is not False for _, ok in summary) else 1
 
 

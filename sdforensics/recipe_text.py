@@ -121,7 +121,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
     }
     lines = [f"Recipe: {recipe_text(est)}  ({kinds.get(est.kind, est.kind)})"]
     made = ", ".join(f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights)
-    lines.append(f"Made of: {made}" + ("" if est.base is None else f" (weights sum to 1; base {est.base})"))
+    lines.append(f"Made of: {made}" + ("" if est.base is None else f" (weights sum to 1; family base: {est.base})"))
     lines.append(_confidence(est))
     u = est.unexplained
     line = f"Unexplained: {u:.0%} of the difference from {est.pivot} is not accounted for by the library."
