@@ -184,6 +184,12 @@ def analyze(
         base = pick_base(refs, family)
         sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)
         extras["similarity"] = similarity_json(sim)
+        chosen = candidates(sim, base)
+        if len(chosen) < len(refs):
+            sim = similarity(fp, [refs[i].fingerprint for i in chosen], [refs[i].name for i in chosen],
+                             chosen.index(base) if base is not None else None, arch, blocks)
+            base = chosen.index(base) if base is not None else None
+            refs = [refs[i] for i in chosen]
         recipe = estimate(fp, refs, base, sim, loras)
         if recipe is not None:
             extras["recipe"], extras["summary"], extras["_estimate"] = recipe
@@ -223,6 +229,23 @@ def lora_deltas(layers: list[Any], loras: list[Reference]) -> dict[str, dict[str
         if cols:
             out[ref.name] = cols
     return out
+
+
+MAX_CANDIDATES = 16
+"""References the recipe fit considers at most: the base and the most similar others."""
+
+
+def candidates(sim: Similarity, base: int | None, limit: int = MAX_CANDIDATES) -> list[int]:
+    """The references worth fitting: the base, any reference whose change points the target's way
+    (|delta cosine| >= 0.02 overall), the most similar first, at most ``limit``. A reference whose
+    change is orthogonal to the target's takes no weight in the fit, so leaving it out keeps the
+    fit's cost independent of the library's size. Without a base, every reference (raw cosines)."""
+    n = len(sim.references)
+    if base is None or n <= limit:
+        return list(range(n))
+    cos = np.nan_to_num(np.abs(sim.overall_delta), nan=0.0)
+    order = [i for i in np.argsort(-cos) if i != base and cos[i] >= 0.02]
+    return sorted([base, *order[: limit - 1]])
 
 
 def estimate(
