@@ -12,8 +12,8 @@ each strength, a model = base + strength x LoRA is written and analysed twice:
   layers listed (share of the true layers found is printed).
 
 The base is a full-size synthetic SD1.5 (fp16). ``--subset`` writes only the layers the LoRAs touch
-plus the rest of their blocks' weights omitted (faster, for a quick look); the default writes
-complete 2.1 GB checkpoints. Prints one table and PASS/FAIL per figure.
+(full-size shapes; every other tensor is left out of the files, which is much faster); the default
+writes complete 2.1 GB checkpoints. Prints one table and PASS/FAIL per figure.
 """
 
 from __future__ import annotations
