@@ -55,6 +55,7 @@ sys.path.insert(0, str(HERE))
 import mecha_merge as mm  # noqa: E402
 
 from sdforensics.synth import (  # noqa: E402
+    Derived,
     FineTune,
     Merge,
     Spec,
@@ -116,25 +117,15 @@ TOL_COPY = 0.01
 SPEED_MAX_RATIO = 2.0
 
 
-class FileSpec(Spec):
-    """A spec whose tensors are read from a safetensors file (so synth can build on a real merge)."""
+class FileSpec(Derived):
+    """A spec whose tensors are read from a safetensors file (so synth can build on a real merge);
+    ``like`` gives the family, width and layout."""
 
     def __init__(self, path: Path, like: Spec) -> None:
         from safetensors import safe_open
 
         self._fh = safe_open(str(path), "pt")
-        self._like = like
-
-    @property
-    def family(self) -> str:  # type: ignore[override]
-        return self._like.family
-
-    @property
-    def width(self) -> int:  # type: ignore[override]
-        return self._like.width
-
-    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return self._like.layout()
+        self.parent = like
 
     def tensor(self, key: str) -> torch.Tensor:
         t = self._fh.get_tensor(key)

@@ -120,8 +120,13 @@ def summarize(est: RecipeEstimate) -> list[str]:
         "unknown": "not explained by the library",
     }
     lines = [f"Recipe: {recipe_text(est)}  ({kinds.get(est.kind, est.kind)})"]
-    made = ", ".join(f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights)
-    lines.append(f"Made of: {made}" + ("" if est.base is None else f" (weights sum to 1; family base: {est.base})"))
+    if est.kind == "component_swap":
+        parts = ", ".join(f"{_PARTS.get(c.block, c.block)} = {c.copy_of or '?'}" for c in est.components)
+        lines.append(f"Made of: {parts} (each part a copy; one set of weights cannot describe a swap)")
+    else:
+        made = ", ".join(f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights)
+        base = "" if est.base is None else f" (weights sum to 1; family base: {est.base})"
+        lines.append(f"Made of: {made}{base}")
     lines.append(_confidence(est))
     u = est.unexplained
     line = f"Unexplained: {u:.0%} of the difference from {est.pivot} is not accounted for by the library."
