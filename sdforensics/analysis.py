@@ -25,8 +25,6 @@ from sdforensics.problems import Problem, problem
 from sdforensics.safetext import printable
 from sdforensics.tables import architecture
 
-SCHEMA = "sdforensics.analysis/1"
-
 
 @dataclass(frozen=True)
 class Analysis:

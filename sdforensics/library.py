@@ -245,10 +245,6 @@ def library_scheme(folders: list[Path]) -> Scheme | None:
     return None
 
 
-def fingerprint_bytes(path: Path) -> int:
-    return Path(path).stat().st_size
-
-
 __all__ = [
     "Library",
     "RefEntry",

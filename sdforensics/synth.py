@@ -33,7 +33,7 @@ import torch
 
 from sdforensics.arch import scaled
 from sdforensics.dtypes import BY_TORCH, DTYPES
-from sdforensics.tables import Architecture, architecture, block_maps
+from sdforensics.tables import architecture, block_maps
 
 FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd2": "sd2", "sd21": "sd2", "sdxl": "sdxl"}
 
@@ -318,9 +318,6 @@ def write_diffusers(spec: Spec, path: Path, dtype: torch.dtype = torch.float16) 
 
     return _write(state_dict(spec, dtype), spec.family, Path(path), dtype=dtype)
 
-
-def arch_of(spec: Spec) -> Architecture:
-    return architecture(spec.family)
 
 
 def family_specs(family: str, width: int = 16, finetunes: int = 6, seed: int = 0) -> dict[str, Spec]:
