@@ -18,10 +18,11 @@ from typing import Any
 
 from sdforensics.arch import ArchitectureReport
 from sdforensics.hashing import FileHashes
-from sdforensics.identity import Identity, IdentityCollector, identity_problems
+from sdforensics.identity import Identity, IdentityCollector, build_identity, identity_problems
 from sdforensics.metadata import Metadata, decode
-from sdforensics.passes import Layout, Progress, open_and_layout, stream
+from sdforensics.passes import Layout, Progress, identity_pass, open_and_layout, stream
 from sdforensics.problems import Problem, problem
+from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.safetext import printable
 from sdforensics.tables import architecture
 
@@ -128,15 +129,24 @@ def collect(
     """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison)."""
     ckpt, layout = open_and_layout(Path(path))
     consumers = consumers or []
-    # A consumer that counts NaN/Inf itself (the fingerprinter) saves the identity pass a reduction.
-    counting = [c for c in consumers if hasattr(c, "nonfinite_issues")]
-    collector = IdentityCollector(check_finite=not counting)
+    collector: Any
+    hashes: FileHashes | None
     try:
-        hashes = stream(ckpt, layout, [collector, *consumers], progress)
+        if isinstance(ckpt, SafetensorsCheckpoint):  # identity from raw bytes, on a hashing thread
+            hashes, collector = identity_pass(ckpt, layout, consumers, progress)
+            ident = build_identity(
+                layout.architecture, collector.digests, collector.dtypes, collector.n_tensors,
+                collector.n_params, collector.nonfinite, collector.position_ids,
+            )
+        else:
+            # A consumer that counts NaN/Inf itself (the fingerprinter) saves the identity pass a reduction.
+            counting = [c for c in consumers if hasattr(c, "nonfinite_issues")]
+            collector = IdentityCollector(check_finite=not counting)
+            hashes = stream(ckpt, layout, [collector, *consumers], progress)
+            issues = [issue for c in counting for issue in c.nonfinite_issues()]
+            ident = collector.result(layout.architecture, issues)
     finally:
         ckpt.close()
-    issues = [issue for c in counting for issue in c.nonfinite_issues()]
-    ident = collector.result(layout.architecture, issues)
     if keep_collector is not None:
         keep_collector.append(collector)
     meta = decode(layout.format.metadata)

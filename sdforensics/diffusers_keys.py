@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 """Diffusers components whose weights map to canonical keys, in the order readers use."""
@@ -518,6 +519,8 @@ def canonical_shape(rule: Rule, shapes: Sequence[Sequence[int]]) -> Shape:
 
 def to_diffusers(rule: Rule, tensor: torch.Tensor) -> list[torch.Tensor]:
     """Split/reshape one canonical tensor into its diffusers parts (exact, no arithmetic)."""
+    import torch
+
     if rule.op == "conv1x1" and tensor.dim() == 4:
         return [tensor.reshape(tensor.shape[0], tensor.shape[1])]
     if rule.op == "transpose" and tensor.dim() == 2:
@@ -531,6 +534,8 @@ def to_diffusers(rule: Rule, tensor: torch.Tensor) -> list[torch.Tensor]:
 
 def to_canonical(rule: Rule, parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Join/reshape diffusers parts into the canonical tensor (exact, no arithmetic)."""
+    import torch
+
     t = parts[0]
     if rule.op == "conv1x1" and t.dim() == 2:
         return t.reshape(*t.shape, 1, 1)

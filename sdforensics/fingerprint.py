@@ -25,14 +25,16 @@ Computation runs on any torch device; projections are built on the CPU from SHAK
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sdforensics.identity import TensorIssue
 from sdforensics.readers.base import TensorInfo
 from sdforensics.sketch import count_sketch_plan, matrix_view, sample_positions, signs
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "sdforensics.fingerprint"
 VERSION = 1
@@ -156,6 +158,8 @@ class Fingerprint:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` as given."""
+    import torch
+
     from sdforensics.errors import SdfError
 
     if device == "auto":
@@ -169,6 +173,8 @@ class Fingerprinter:
     """A consumer for :func:`sdforensics.passes.stream`: fingerprints each tensor it is given."""
 
     def __init__(self, scheme: Scheme | None = None, device: str | torch.device = "cpu") -> None:
+        import torch
+
         self.scheme = scheme or Scheme()
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.prints: dict[str, TensorPrint] = {}
@@ -180,12 +186,16 @@ class Fingerprinter:
         self.alloc = allocation(shapes, block_of, self.scheme)
 
     def _signs(self, n: int, k: int, side: str) -> torch.Tensor:
+        import torch
+
         key = ("signs", n, k, side)
         if key not in self._cache:
             self._cache[key] = torch.from_numpy(signs(n, k, side)).to(self.device)
         return self._cache[key]
 
     def _signs_and_ones(self, cols: int) -> torch.Tensor:
+        import torch
+
         key = ("signs1", cols, self.scheme.k2)
         if key not in self._cache:
             r = self._signs(cols, self.scheme.k2, "cols")
@@ -193,6 +203,8 @@ class Fingerprinter:
         return self._cache[key]
 
     def _plan(self, shape: tuple[int, ...], m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
         key = ("cs", shape, m)
         if key not in self._cache:
             pos, buckets, sgn = count_sketch_plan(shape, m, self.scheme.oversample)
@@ -202,6 +214,8 @@ class Fingerprinter:
         return self._cache[key], self._cache[key + ("b",)], self._cache[key + ("s",)]
 
     def _positions(self, shape: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
         key = ("pos", shape)
         if key not in self._cache:
             self._cache[key] = torch.from_numpy(sample_positions(shape, self.scheme.samples)).to(self.device)
@@ -218,6 +232,8 @@ class Fingerprinter:
             self.prints[name] = self._sketch_print(name, info, tensor, m)
 
     def _sketch_print(self, name: str, info: TensorInfo, tensor: torch.Tensor, m: int) -> TensorPrint:
+        import torch
+
         x = tensor.to(device=self.device, dtype=torch.float32)
         n = x.numel()
         # Statistics in as few passes as possible: the norm (float32, pairwise), the extremes, and
@@ -280,6 +296,8 @@ class Fingerprinter:
 
 def _exact_print(name: str, info: TensorInfo, tensor: torch.Tensor, digest: str) -> TensorPrint:
     """Small tensors: values kept as they are; stats in numpy (cheaper than torch dispatch here)."""
+    import torch
+
     v = tensor.detach().cpu().reshape(-1).to(torch.float64).numpy()
     n = v.size
     nan = int(np.isnan(v).sum())

@@ -8,9 +8,11 @@ check. :meth:`IdentityCollector.result` turns that into component content hashes
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from sdforensics.arch import ArchitectureReport
 from sdforensics.hashing import combine_digests, tensor_digest
@@ -18,6 +20,9 @@ from sdforensics.problems import Problem, problem
 from sdforensics.readers.base import TensorInfo
 from sdforensics.safetext import printable
 from sdforensics.tables import architecture
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class IdentityCollector:
         self.position_ids: str | None = None
 
     def consume(self, name: str, info: TensorInfo, tensor: torch.Tensor) -> None:
+        import torch
+
         self.n_tensors += 1
         numel = tensor.numel()
         self.n_params += numel
@@ -61,7 +68,8 @@ class IdentityCollector:
         if tensor.is_floating_point() and numel:
             self.digests[name] = tensor_digest(name, tensor)
         if tensor.is_floating_point() and numel and self.check_finite:
-            t = tensor if tensor.dtype in (torch.float16, torch.float32, torch.bfloat16) else tensor.float()
+            wide = (torch.float16, torch.float32, torch.bfloat16, torch.float64)  # fp8 has no aminmax
+            t = tensor if tensor.dtype in wide else tensor.float()
             # one fast reduction on the stored values: NaN propagates into the extremes, Inf is one
             lo, hi = torch.aminmax(t.reshape(-1))
             if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
@@ -69,44 +77,62 @@ class IdentityCollector:
                 nan = int(torch.isnan(t).sum())
                 self.nonfinite.append(TensorIssue(name, nan, int((~finite).sum()) - nan))
         if name.endswith("embeddings.position_ids"):
-            self.position_ids = _check_position_ids(tensor)
+            values = tensor.detach().cpu().reshape(-1).to(torch.float64).numpy()
+            stored = str(tensor.dtype).removeprefix("torch.") if tensor.is_floating_point() else "integers"
+            self.position_ids = check_position_ids(values, stored)
 
     def result(self, arch: ArchitectureReport, nonfinite: list[TensorIssue] | None = None) -> Identity:
         """``nonfinite``: NaN/Inf counts found by another consumer when ``check_finite`` is off."""
-        comps: dict[str, dict[str, bytes]] = {}
-        if arch.name is not None:
-            spec = architecture(arch.name)
-            for name, digest in self.digests.items():
-                comp = spec.hashed_component_of(name)
-                if comp is not None:
-                    comps.setdefault(comp, {})[name] = digest
-        return Identity(
-            component_hashes={c: combine_digests(d) for c, d in sorted(comps.items())},
-            dtypes=dict(self.dtypes),
-            n_tensors=self.n_tensors,
-            n_params=self.n_params,
-            nonfinite=tuple(self.nonfinite + (nonfinite or [])),
-            position_ids=self.position_ids,
+        return build_identity(
+            arch, self.digests, self.dtypes, self.n_tensors, self.n_params,
+            self.nonfinite + (nonfinite or []), self.position_ids,
         )
 
 
-def _check_position_ids(t: torch.Tensor) -> str | None:
-    n = t.numel()
-    expected = torch.arange(n, dtype=torch.float64)
-    values = t.reshape(-1).to(torch.float64)
-    kind = "integers" if not t.is_floating_point() else f"{t.dtype}".replace("torch.", "")
-    if t.is_floating_point():
-        off = (values - expected).abs()
+def build_identity(
+    arch: ArchitectureReport,
+    digests: Mapping[str, bytes],
+    dtypes: Mapping[str, int],
+    n_tensors: int,
+    n_params: int,
+    nonfinite: list[TensorIssue],
+    position_ids: str | None,
+) -> Identity:
+    """The :class:`Identity` of collected per-tensor facts: digests grouped into component hashes."""
+    comps: dict[str, dict[str, bytes]] = {}
+    if arch.name is not None:
+        spec = architecture(arch.name)
+        for name, digest in digests.items():
+            comp = spec.hashed_component_of(name)
+            if comp is not None:
+                comps.setdefault(comp, {})[name] = digest
+    return Identity(
+        component_hashes={c: combine_digests(d) for c, d in sorted(comps.items())},
+        dtypes=dict(dtypes),
+        n_tensors=n_tensors,
+        n_params=n_params,
+        nonfinite=tuple(nonfinite),
+        position_ids=position_ids,
+    )
+
+
+def check_position_ids(values: np.ndarray, stored: str) -> str | None:
+    """What is wrong with CLIP ``position_ids`` (their values as float64; ``stored``: ``integers``
+    or the float dtype they were stored in), or None when they are exactly 0..n-1 integers."""
+    n = values.size
+    expected = np.arange(n, dtype=np.float64)
+    if stored != "integers":
+        off = np.abs(values - expected)
         bad = int((off > 0).sum())
         worst = int(off.argmax()) if n else 0
         if bad == 0:
-            return f"stored as {kind}, not integers (values are exact; harmless but unusual)"
+            return f"stored as {stored}, not integers (values are exact; harmless but unusual)"
         return (
-            f"stored as {kind} and {bad} of {n} are not exact positions (e.g. index {worst} holds "
-            f"{values[worst].item():.6g}): a classic merge artefact that shifts tokens; fix it with a "
+            f"stored as {stored} and {bad} of {n} are not exact positions (e.g. index {worst} holds "
+            f"{values[worst]:.6g}): a classic merge artefact that shifts tokens; fix it with a "
             "position_ids repair (e.g. A1111 model toolkit or sd-mecha)"
         )
-    bad_idx = (values != expected).nonzero().reshape(-1)
+    bad_idx = np.nonzero(values != expected)[0]
     if len(bad_idx):
         i = int(bad_idx[0])
         return f"{len(bad_idx)} of {n} integer positions are wrong (index {i} holds {int(values[i])})"

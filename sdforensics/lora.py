@@ -33,15 +33,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdforensics.errors import UnsupportedFormatError
 from sdforensics.lora_keys import FAMILIES, KOHYA_PREFIXES, Target, cloneofsimo_orders, module_index
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import TensorInfo
 from sdforensics.safetext import printable
+
+if TYPE_CHECKING:  # torch is imported where tensors are built, so is_lora() needs headers only
+    import torch
 
 KOHYA_ROLES = {
     "lora_up.weight": "up", "lora_down.weight": "down", "lora_mid.weight": "mid", "alpha": "alpha",
@@ -145,6 +146,8 @@ class LoraLayer:
         That is the target's shape, or for a q/k/v part of a fused OpenCLIP ``in_proj_weight``
         the shape of its third (see :attr:`Target.part_shape`).
         """
+        import torch
+
         if not self.bakeable:
             raise UnsupportedFormatError(f"{self.name}: a {self.kind}{' (DoRA)' if self.dora else ''} layer; "
                                          "sdforensics describes it but cannot compute its change")
@@ -180,6 +183,8 @@ def _lokr_shape(f: Mapping[str, torch.Tensor], w: str) -> tuple[int, int] | None
 
 def _lokr(f: Mapping[str, torch.Tensor], shape: tuple[int, ...] | None, k: float) -> torch.Tensor:
     """k * kron(w1, w2), either factor given whole or as a product (LyCORIS LoKr)."""
+    import torch
+
     w1 = (f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]) * k
     w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"].reshape(f["lokr_w2_b"].shape[0], -1)
     if shape is not None and len(shape) == 4:
@@ -248,6 +253,8 @@ class LoraFile:
 
 
 def _assemble(layers: tuple[LoraLayer, ...], strength: float) -> torch.Tensor:
+    import torch
+
     target = layers[0].target
     assert target is not None
     if len(layers) == 1 and target.rows is None:
@@ -336,7 +343,7 @@ def read_lora(path: Path) -> LoraFile:
     return LoraFile(path, fmt_name, family, layers, fmt.container, meta, {}, compat, tuple(ignored), notes)
 
 
-_Raw = dict[tuple[str, str], dict[str, torch.Tensor]]
+_Raw = dict[tuple[str, str], dict[str, "torch.Tensor"]]
 """(component, module name in the file's spelling) -> {role: tensor}."""
 
 

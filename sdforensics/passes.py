@@ -2,25 +2,31 @@
 
 This is the only place that drives I/O for an analysis. Each tensor is read once, in file
 order, handed to every consumer under its canonical name, and dropped. For a safetensors
-file the same read feeds the file hashes (no second pass over the file).
+file the same read feeds the file hashes and the byte-level identity (content digests, NaN/Inf,
+position_ids) on worker threads; with no consumer (``sdf analyze --identity``) the file is read in
+slices straight into the hashers, without building tensors or importing torch.
 """
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sdforensics.arch import ArchitectureReport, detect, scaled
-from sdforensics.hashing import FileDigester, FileHashes, hash_file
+from sdforensics.byte_identity import ByteIdentity, TensorSpan
+from sdforensics.hashing import SLICE, FileDigester, FileHashes, hash_file
 from sdforensics.keymap import KeyMapping, canonicalize
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.tables import architecture, block_maps
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) as tensors are read."""
@@ -63,16 +69,72 @@ def read_layout(ckpt: Checkpoint) -> Layout:
     return Layout(ckpt.path, ckpt.format(), tuple(infos), mapping, arch, tuple(dups))
 
 
+def byte_spans(ckpt: SafetensorsCheckpoint, layout: Layout) -> list[TensorSpan]:
+    """The byte range of every tensor :func:`stream` hands on (canonical names; EMA copies and
+    later duplicates of a name left out, as there)."""
+    ema = set(layout.mapping.ema)
+    seen: set[str] = set()
+    out: list[TensorSpan] = []
+    for info, offset in zip(ckpt.header.infos, ckpt.header.offsets, strict=True):
+        if info.name in ema:
+            continue
+        name = layout.mapping.canonical.get(info.name, info.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        out.append(TensorSpan(name, info.shape, info.dtype, offset, offset + info.nbytes))
+    return out
+
+
+READ_SIZE = 2 * SLICE
+READ_DEPTH = 24
+"""Buffers in flight when only hashing: 48 MiB, enough to keep both workers busy."""
+
+
+def identity_pass(
+    ckpt: SafetensorsCheckpoint, layout: Layout, consumers: Sequence[Consumer], progress: Progress | None = None
+) -> tuple[FileHashes, ByteIdentity]:
+    """One read of a safetensors file: file hashes and byte-level identity, and every tensor to
+    ``consumers`` when there are any."""
+    ident = ByteIdentity(byte_spans(ckpt, layout))
+    if consumers:
+        hashes = stream(ckpt, layout, consumers, progress, content=ident.update)
+        assert hashes is not None
+        return hashes, ident
+    digester = FileDigester(autov3_start=ckpt.header.data_start, content=ident.update)
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(READ_DEPTH):
+        free.put(bytearray(READ_SIZE))
+    total = ckpt.header.file_size or 1
+    done = 0
+    try:
+        for view in ckpt.raw_chunks(free.get):
+            buf: Any = view.obj  # the bytearray it views, back to the pool once hashed
+            digester.update(view, on_done=partial(free.put, buf))
+            done += len(view)
+            if progress is not None:
+                progress(done, total)
+    except BaseException:
+        digester.close()
+        raise
+    return digester.finish(), ident
+
+
 def stream(
-    ckpt: Checkpoint, layout: Layout, consumers: Sequence[Consumer], progress: Progress | None = None
+    ckpt: Checkpoint,
+    layout: Layout,
+    consumers: Sequence[Consumer],
+    progress: Progress | None = None,
+    content: Callable[[Any], None] | None = None,
 ) -> FileHashes | None:
-    """Feed every tensor to ``consumers``; returns file hashes for single-file checkpoints."""
+    """Feed every tensor to ``consumers``; returns file hashes for single-file checkpoints.
+    ``content``: fed every byte of a safetensors file on a hashing thread (see :func:`identity_pass`)."""
     ema = set(layout.mapping.ema)
     total = sum(i.nbytes for i in layout.infos) or 1
     done = 0
     digester: FileDigester | None = None
     if isinstance(ckpt, SafetensorsCheckpoint):
-        digester = FileDigester(autov3_start=ckpt.header.data_start)
+        digester = FileDigester(autov3_start=ckpt.header.data_start, content=content)
         tensors = ckpt.tensors(tap=digester.update)
     else:
         tensors = ckpt.tensors()

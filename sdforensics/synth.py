@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from sdforensics.arch import scaled
-from sdforensics.dtypes import BY_TORCH, DTYPES
+from sdforensics.dtypes import DTYPES, by_torch
 from sdforensics.tables import architecture, block_maps
 
 FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd2": "sd2", "sd21": "sd2", "sdxl": "sdxl"}
@@ -274,12 +274,12 @@ def write_safetensors(
             continue
         shape, code = layout[key]
         out_dtype = dtype if DTYPES[code].is_float else DTYPES[code].torch_dtype
-        size = BY_TORCH[out_dtype].itemsize
+        size = by_torch(out_dtype).itemsize
         n = 1
         for d in shape:
             n *= d
         header[out_name] = {
-            "dtype": BY_TORCH[out_dtype].code,
+            "dtype": by_torch(out_dtype).code,
             "shape": list(shape),
             "data_offsets": [offset, offset + n * size],
         }

@@ -21,13 +21,14 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sdforensics.dtypes import DTYPES
 from sdforensics.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 HEADER_CAP = 100 * 1024 * 1024
 """Largest JSON header we accept (the safetensors library uses the same 100 MB cap)."""
@@ -243,6 +244,8 @@ class SafetensorsCheckpoint:
 
     def tensors(self, tap: ByteTap | None = None) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
         """Yield tensors in offset order. ``tap`` (optional) sees every byte of the file in order."""
+        import torch
+
         fh = self._fh
         if tap is not None:
             tap(self._head_bytes)
@@ -277,6 +280,26 @@ class SafetensorsCheckpoint:
             while chunk := fh.read(16 << 20):
                 tap(chunk)
 
+    def raw_chunks(self, buffer: Callable[[], bytearray]) -> Iterator[memoryview]:
+        """Every byte of the file, in order, read into buffers that ``buffer()`` hands out (no torch,
+        no tensors: what the identity pass needs). A file that shrinks under us is an error."""
+        fh = self._fh
+        fh.seek(0)
+        left = self.header.file_size
+        while left > 0:
+            buf = buffer()
+            view = memoryview(buf)[: min(len(buf), left)]
+            try:
+                n = fh.readinto(view)
+            except OSError as err:
+                raise CorruptFileError(f"{self._where}: read error: {err}") from err
+            if not n:
+                raise CorruptFileError(
+                    f"{self._where}: the file ended {left:,} bytes early (it changed or was truncated while being read)"
+                )
+            left -= n
+            yield view[:n]
+
     def close(self) -> None:
         self._fh.close()
 
@@ -288,6 +311,8 @@ class SafetensorsCheckpoint:
 
 
 def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
+    import torch
+
     dtype = DTYPES[info.dtype].torch_dtype
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
