@@ -20,8 +20,9 @@ from sdforensics.arch import ArchitectureReport
 from sdforensics.hashing import FileHashes
 from sdforensics.identity import Identity, IdentityCollector, build_identity, identity_problems
 from sdforensics.metadata import Metadata, decode
-from sdforensics.passes import Layout, Progress, identity_pass, open_and_layout, stream
+from sdforensics.passes import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
 from sdforensics.problems import Problem, problem
+from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.safetext import printable
 from sdforensics.tables import architecture
@@ -125,9 +126,19 @@ def collect(
     consumers: list[Any] | None = None,
     progress: Progress | None = None,
     keep_collector: list[Any] | None = None,
+    opened: Checkpoint | None = None,
 ) -> Analysis:
-    """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison)."""
-    ckpt, layout = open_and_layout(Path(path))
+    """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison).
+    ``opened``: ``path`` already opened (headers validated); it is closed here."""
+    if opened is None:
+        ckpt, layout = open_and_layout(Path(path))
+    else:
+        ckpt = opened
+        try:
+            layout = read_layout(ckpt)
+        except BaseException:
+            ckpt.close()
+            raise
     consumers = consumers or []
     collector: Any
     hashes: FileHashes | None

@@ -18,6 +18,7 @@ from sdforensics.errors import SdfError
 from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, resolve_device
 from sdforensics.library import Reference, library_scheme, load_references, search_path
 from sdforensics.passes import Progress
+from sdforensics.readers.base import Checkpoint
 from sdforensics.tables import architecture, block_maps
 
 
@@ -38,12 +39,22 @@ def _identity(a: Analysis) -> dict[str, Any]:
 
 
 def fingerprint_model(
-    path: Path, device: str = "auto", progress: Progress | None = None, scheme: Scheme | None = None
+    path: Path,
+    device: str = "auto",
+    progress: Progress | None = None,
+    scheme: Scheme | None = None,
+    opened: Checkpoint | None = None,
 ) -> tuple[Analysis, Fingerprint]:
-    """Read ``path`` once: its identity analysis and its fingerprint."""
-    fper = Fingerprinter(scheme, resolve_device(device))
+    """Read ``path`` once: its identity analysis and its fingerprint. ``opened``: ``path`` already
+    opened (it is closed here)."""
+    try:
+        fper = Fingerprinter(scheme, resolve_device(device))
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
     collector_ref: list[Any] = []
-    analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref)
+    analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref, opened=opened)
     digests = collector_ref[0].digests if collector_ref else {}
     return analysis, fper.result(_identity(analysis), digests)
 
@@ -118,14 +129,28 @@ def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None 
 
 def is_lora_file(path: Path) -> bool:
     """True when ``path`` holds a LoRA (decided from its tensor names and shapes, headers only)."""
+    ckpt = _open_model(path)
+    if ckpt is None:
+        return True
+    ckpt.close()
+    return False
+
+
+def _open_model(path: Path) -> Checkpoint | None:
+    """The opened checkpoint (headers validated) when ``path`` is a model; None for a LoRA."""
     from sdforensics.lora import is_lora
     from sdforensics.readers import open_checkpoint
 
     ckpt = open_checkpoint(Path(path))
     try:
-        return is_lora(ckpt.infos())
-    finally:
+        lora = is_lora(ckpt.infos())
+    except BaseException:
         ckpt.close()
+        raise
+    if lora:
+        ckpt.close()
+        return None
+    return ckpt
 
 
 _NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "junk_keys", "fp32_weights"}
@@ -144,9 +169,10 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
-    if is_lora_file(path):
+    ckpt = _open_model(path)
+    if ckpt is None:
         return describe_lora_file(path, progress)
-    analysis = collect(Path(path), progress=progress)
+    analysis = collect(Path(path), progress=progress, opened=ckpt)
     return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
 
 
@@ -158,10 +184,15 @@ def analyze(
     registry_dirs: list[Path] | None = None,
 ) -> Analysis:
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe."""
-    if is_lora_file(path):
+    ckpt = _open_model(path)
+    if ckpt is None:
         return describe_lora_file(path, progress)
-    scheme = library_scheme(search_path(library))
-    analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme)
+    try:
+        scheme = library_scheme(search_path(library))
+    except BaseException:
+        ckpt.close()
+        raise
+    analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
     extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
     family = analysis.architecture.family
     same_family = load_references(search_path(library), family) if family else []
