@@ -6,6 +6,7 @@ modules (:mod:`sdforensics.compare`, :mod:`sdforensics.estimate`) and returns va
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, resolve_
 from sdforensics.library import Reference, library_scheme, load_references, search_path
 from sdforensics.passes import Progress
 from sdforensics.readers.base import Checkpoint
+from sdforensics.runtime import torch_threads
 from sdforensics.tables import architecture, block_maps
 
 
@@ -54,7 +56,10 @@ def fingerprint_model(
             opened.close()
         raise
     collector_ref: list[Any] = []
-    analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref, opened=opened)
+    # On the CPU, leave one core to the hashing threads: torch's pool would only spin-wait for it.
+    threads = max(1, (os.cpu_count() or 2) - 2) if fper.device.type == "cpu" else 1 << 10
+    with torch_threads(threads):
+        analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref, opened=opened)
     digests = collector_ref[0].digests if collector_ref else {}
     return analysis, fper.result(_identity(analysis), digests)
 

@@ -24,6 +24,7 @@ Computation runs on any torch device; projections are built on the CPU from SHAK
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,8 @@ FORMAT = "sdforensics.fingerprint"
 VERSION = 1
 EXACT_MAX = 16384
 """Tensors with at most this many values are stored exactly."""
+ROW_BLOCK_VALUES = 1 << 18
+"""Values per block of rows in the CPU pass (1 MiB of float32, within a core's L2 cache)."""
 STAT_FIELDS = ("numel", "mean", "std", "l2", "maxabs", "zero_frac", "nan", "inf")
 
 
@@ -234,46 +237,87 @@ class Fingerprinter:
     def _sketch_print(self, name: str, info: TensorInfo, tensor: torch.Tensor, m: int) -> TensorPrint:
         import torch
 
-        x = tensor.to(device=self.device, dtype=torch.float32)
-        n = x.numel()
-        # Statistics in as few passes as possible: the norm (float32, pairwise), the extremes, and
-        # the sum for free from the structure matmul (a column of ones next to the signs).
-        l2 = float(torch.linalg.vector_norm(x))
-        nan = inf = 0
-        if not np.isfinite(l2):
-            nan = int(torch.isnan(x).sum())
-            inf = int(torch.isinf(x).sum())
-            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-            l2 = float(torch.linalg.vector_norm(x))
-        # extremes on the stored half-precision values when there are some (half the bytes to read)
-        src = tensor.to(self.device) if tensor.dtype in (torch.float16, torch.bfloat16) and not nan + inf else x
-        lo, hi = torch.aminmax(src)
-        flat = x.reshape(-1)
+        n = tensor.numel()
         shape = tuple(info.shape)
+        nan = inf = 0
+        wr: torch.Tensor | None = None
+        moments = None
+        if self.device.type == "cpu" and tensor.dim() >= 2 and tensor.dtype in _row_pass_dtypes():
+            moments = self._moments_by_rows(tensor, *matrix_view(shape))
+        if moments is not None and math.isfinite(moments[1]) and math.isfinite(moments[2]):
+            wr, sumsq, total, lo, hi = moments
+            l2 = sumsq**0.5
+            flat = tensor.reshape(-1)  # gathered values are cast below: no full float32 copy
+        else:  # another device, another dtype, or NaN/Inf to count and zero
+            x = tensor.to(device=self.device, dtype=torch.float32)
+            l2 = float(torch.linalg.vector_norm(x, dtype=torch.float64))  # float32 sums drift by ~3e-5
+            if not np.isfinite(l2):
+                nan = int(torch.isnan(x).sum())
+                inf = int(torch.isinf(x).sum())
+                x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                l2 = float(torch.linalg.vector_norm(x, dtype=torch.float64))
+            # extremes on the stored half-precision values when there are some (half the bytes to read)
+            src = tensor.to(self.device) if tensor.dtype in (torch.float16, torch.bfloat16) and not nan + inf else x
+            lo_t, hi_t = torch.aminmax(src)
+            lo, hi = float(lo_t), float(hi_t)
+            flat = x.reshape(-1)
+            if x.dim() >= 2:  # the sum comes free from the matmul: a column of ones next to the signs
+                rows, cols = matrix_view(tuple(x.shape))
+                wr1 = x.reshape(rows, cols) @ self._signs_and_ones(cols)
+                total = float(wr1[:, -1].sum(dtype=torch.float64))
+                wr = wr1[:, :-1]
+            else:
+                total = float(x.sum(dtype=torch.float64))
         pos, buckets, sgn = self._plan(shape, m)
         scale = (n / pos.numel()) ** 0.5
-        signed = flat[pos] * sgn
+        signed = flat[pos].to(torch.float32) * sgn
         if signed.numel() < n and signed.numel() % m == 0:  # sampled: position i goes to bucket i % m
             cs = signed.reshape(-1, m).double().sum(0)
         else:  # every position once, in random buckets
             cs = torch.zeros(m, dtype=torch.float64, device=self.device).index_add_(0, buckets, signed.double())
         cs *= scale
         structure = None
-        if x.dim() >= 2:
-            rows, cols = matrix_view(tuple(x.shape))
-            wr = x.reshape(rows, cols) @ self._signs_and_ones(cols)
-            total = float(wr[:, -1].sum(dtype=torch.float64))
-            g = self._signs(rows, self.scheme.k1, "rows")
-            sk = (g.T @ wr[:, :-1]) / (self.scheme.k1 * self.scheme.k2) ** 0.5
+        if wr is not None:
+            g = self._signs(wr.shape[0], self.scheme.k1, "rows")
+            sk = (g.T @ wr) / (self.scheme.k1 * self.scheme.k2) ** 0.5
             structure = sk.reshape(-1).double().cpu().numpy()
-        else:
-            total = float(x.sum(dtype=torch.float64))
         sample = flat[self._positions(shape)].double().cpu().numpy()
         mean = total / n
         var = max(l2 * l2 / n - mean * mean, 0.0)
         zero_frac = float((sample == 0).mean()) if sample.size else 0.0  # estimated from the sample
-        stats = np.array([n, mean, var**0.5, l2, max(abs(float(lo)), abs(float(hi))), zero_frac, nan, inf])
+        stats = np.array([n, mean, var**0.5, l2, max(abs(lo), abs(hi)), zero_frac, nan, inf])
         return TensorPrint(name, info.shape, info.dtype, "sketch", "", stats, cs.cpu().numpy(), sample, structure)
+
+    def _moments_by_rows(
+        self, tensor: torch.Tensor, rows: int, cols: int
+    ) -> tuple[torch.Tensor, float, float, float, float]:
+        """One pass over a CPU matrix in blocks of rows that stay in cache: its product with the
+        column signs (W R), sum of squares, sum, min and max. Half-precision blocks are widened
+        into one reused float32 buffer, so the tensor is never copied whole (measured on the
+        SD1.5 UNet: 1.9 s instead of 2.9 s for the separate cast, norm, extremes and matmul)."""
+        import torch
+
+        mat = tensor.reshape(rows, cols)
+        r = self._signs(cols, self.scheme.k2, "cols")
+        wr = torch.empty(rows, r.shape[1])
+        step = max(1, ROW_BLOCK_VALUES // cols)
+        buf = torch.empty(min(rows, step) * cols) if tensor.dtype != torch.float32 else None
+        sumsq = total = 0.0
+        lo, hi = math.inf, -math.inf
+        for i in range(0, rows, step):
+            j = min(rows, i + step)
+            if buf is None:
+                block = mat[i:j]
+            else:
+                block = buf[: (j - i) * cols].view(j - i, cols)
+                block.copy_(mat[i:j])
+            torch.mm(block, r, out=wr[i:j])
+            f = block.reshape(-1)
+            sumsq += float(torch.dot(f, f))
+            total += float(f.sum())
+            values = f.numpy()  # numpy's float32 min/max are vectorised: 2x faster than torch.aminmax here
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        return wr, sumsq, total, lo, hi
 
     def nonfinite_issues(self) -> list[TensorIssue]:
         """Tensors with NaN or Inf values, from the statistics (so the identity pass need not look)."""
@@ -292,6 +336,12 @@ class Fingerprinter:
         ident = dict(identity)
         ident["scheme"] = self.scheme.to_json()
         return Fingerprint(self.scheme, ident, prints)
+
+
+def _row_pass_dtypes() -> tuple[Any, ...]:
+    import torch
+
+    return (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _exact_print(name: str, info: TensorInfo, tensor: torch.Tensor, digest: str) -> TensorPrint:

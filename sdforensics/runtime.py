@@ -1,4 +1,4 @@
-"""Process-level tuning for streaming multi-GB checkpoints (called once by the CLI).
+"""Process-level tuning for streaming multi-GB checkpoints.
 
 glibc serves every allocation above 32 MB with a fresh ``mmap``, so each large tensor buffer
 is page-faulted and zero-filled again: measured here, converting one 15M-value fp16 tensor to
@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -31,3 +33,21 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, threshold) == 1
     return ok and mallopt(_M_TRIM_THRESHOLD, 2 * threshold) == 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU operators on ``n`` threads inside the block, then restore the setting.
+
+    While a checkpoint streams, two hashing threads already keep the cores busy; torch's own
+    OpenMP pool on top of them only spins waiting for cores (measured on 2 cores: 19.1 s of CPU
+    for an analysis with the default pool, 12.3 s with one thread, and a shorter wall time).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(n, before)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

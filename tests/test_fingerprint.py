@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-
 from conftest import sdf
+
 from sdforensics.api import fingerprint_model
 from sdforensics.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.pairwise import compare_files
@@ -129,3 +130,42 @@ def test_compare_two_files_exactly(family: dict[str, Path]) -> None:
     assert all(0.99 < b["cosine"] < 1.0 for b in blocks.values())
     res = sdf("compare", family["ft1"], family["ft6"], "--format", "json")
     assert res.exit_code == 0 and json.loads(res.stdout)["identical"] is False
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cpu_row_pass_agrees_with_the_general_path(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache-blocked CPU pass gives the fingerprint the whole-tensor path gives (float tolerance),
+    and a tensor with NaN/Inf still goes the general way, which counts and zeroes them."""
+    import sdforensics.fingerprint as fpmod
+    from sdforensics.fingerprint import Fingerprinter
+    from sdforensics.readers.base import TensorInfo
+
+    gen = torch.Generator().manual_seed(3)
+    tensors = {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.randn(320, 320, 1, 1, generator=gen),
+        "model.diffusion_model.input_blocks.1.0.in_layers.2.weight": torch.randn(320, 320, 3, 3, generator=gen),
+        "model.diffusion_model.middle_block.1.proj_out.weight": torch.randn(2000, 700, generator=gen) + 0.3,
+    }
+    tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    bad = tensors["model.diffusion_model.middle_block.1.proj_out.weight"].clone()
+    bad[5, 5], bad[7, 1] = float("nan"), float("inf")
+    tensors["model.diffusion_model.output_blocks.0.0.skip_connection.weight"] = bad
+
+    def prints() -> dict:
+        f = Fingerprinter(device="cpu")
+        f.prepare({k: tuple(v.shape) for k, v in tensors.items()}, lambda k: "M00")
+        for k, v in tensors.items():
+            f.consume(k, TensorInfo(k, tuple(v.shape), "F16", v.numel() * v.element_size()), v)
+        return f.prints
+
+    fast = prints()
+    monkeypatch.setattr(fpmod, "_row_pass_dtypes", lambda: ())
+    slow = prints()
+    for k in tensors:
+        a, b = fast[k], slow[k]
+        np.testing.assert_allclose(a.stats, b.stats, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6 * np.abs(b.values).max())
+        np.testing.assert_array_equal(a.sample, b.sample)
+        np.testing.assert_allclose(a.structure, b.structure, rtol=1e-5, atol=1e-5 * np.abs(b.structure).max())
+    nan_print = fast["model.diffusion_model.output_blocks.0.0.skip_connection.weight"]
+    assert (nan_print.stats[6], nan_print.stats[7]) == (1, 1)
