@@ -215,7 +215,8 @@ def analyze(
     if refs:
         arch = architecture(analysis.architecture.name or family or "")
         blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
-        ref_hashes = [(r.name, component_digests(r.fingerprint, arch)) for r in refs]
+        comp_of: dict[str, str | None] = {}
+        ref_hashes = [(r.name, component_digests(r.fingerprint, arch, comp_of)) for r in refs]
         extras["identical"] = identical_components(analysis.identity.component_hashes, ref_hashes)
         base = pick_base(refs, family)
         sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)

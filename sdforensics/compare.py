@@ -127,11 +127,19 @@ def similarity(
     )
 
 
-def component_digests(fp: Fingerprint, arch: Architecture) -> dict[str, str]:
-    """Content hash per component from a fingerprint's tensor digests (same as the identity pass)."""
+def component_digests(
+    fp: Fingerprint, arch: Architecture, component_of: dict[str, str | None] | None = None
+) -> dict[str, str]:
+    """Content hash per component from a fingerprint's tensor digests (same as the identity pass).
+    ``component_of``: a dict to remember each key's component in, shared across calls for one
+    architecture (the answer per key is fixed; the pattern matching is not free)."""
+    known = {} if component_of is None else component_of
     groups: dict[str, dict[str, bytes]] = {}
     for name, t in fp.tensors.items():
-        comp = arch.hashed_component_of(name)
+        if name in known:
+            comp = known[name]
+        else:
+            comp = known[name] = arch.hashed_component_of(name)
         if comp is None or not t.digest or t.dtype.startswith("I"):
             continue
         groups.setdefault(comp, {})[name] = bytes.fromhex(t.digest)

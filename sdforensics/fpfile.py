@@ -132,29 +132,32 @@ def load_fingerprint(path: Path) -> Fingerprint:
 
     def span(array: str, width: Any, off: Any, n: Any) -> np.ndarray | None:
         data = store.get((array, width))
-        if data is None or not isinstance(off, int) or not isinstance(n, int) or off < 0 or n < 0:
+        if data is None or type(off) is not int or type(n) is not int or off < 0 or n < 0:
             raise ValueError(f"bad {array} span")
         if off + n > len(data):
             raise ValueError(f"{array} span outside the array")
         return data[off : off + n] if n else None
 
+    empty = np.zeros(0)
     prints: dict[str, TensorPrint] = {}
-    for i, row in enumerate(index):
+    for i, row in enumerate(index):  # 1,131 rows per SD1.5 reference: kept to plain Python calls
         try:
             name, shape, dtype, kind, digest, vw, v_off, v_len, sw, s_off, s_len, gw, g_off, g_len = row
             if kind not in ("exact", "sketch"):
                 raise ValueError(f"unknown kind {kind!r}")
+            if type(shape) is not list or not all(type(d) is int for d in shape):
+                raise ValueError("bad shape")
             vals = span("values", vw, v_off, v_len)
             prints[str(name)] = TensorPrint(
-                name=str(name),
-                shape=tuple(int(d) for d in shape),
-                dtype=str(dtype),
-                kind=kind,
-                digest=str(digest),
-                stats=stats[i],
-                values=vals if vals is not None else np.zeros(0),
-                sample=span("samples", sw, s_off, s_len),
-                structure=span("structure", gw, g_off, g_len),
+                str(name),
+                tuple(shape),
+                str(dtype),
+                kind,
+                str(digest),
+                stats[i],
+                vals if vals is not None else empty,
+                span("samples", sw, s_off, s_len),
+                span("structure", gw, g_off, g_len),
             )
         except (TypeError, ValueError) as err:
             raise FingerprintError(f"{where}: fingerprint index row {i} is malformed ({err})") from err
