@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,6 +47,9 @@ class Layout:
     mapping: KeyMapping
     architecture: ArchitectureReport
     duplicates: tuple[str, ...]
+    kept: dict[str, str] = field(default_factory=dict)
+    """Stored name -> canonical name of every tensor handed on: EMA copies and later stored names
+    for an already-seen canonical name left out (the one place that decides it)."""
 
 
 def read_layout(ckpt: Checkpoint) -> Layout:
@@ -54,6 +57,7 @@ def read_layout(ckpt: Checkpoint) -> Layout:
     mapping = canonicalize(i.name for i in raw)
     ema = set(mapping.ema)
     infos: list[TensorInfo] = []
+    kept: dict[str, str] = {}
     seen: set[str] = set()
     dups: list[str] = []
     for info in raw:
@@ -64,25 +68,21 @@ def read_layout(ckpt: Checkpoint) -> Layout:
             dups.append(name)
             continue
         seen.add(name)
+        kept[info.name] = name
         infos.append(replace(info, name=name))
     arch = detect(infos, ema=bool(ema))
-    return Layout(ckpt.path, ckpt.format(), tuple(infos), mapping, arch, tuple(dups))
+    return Layout(ckpt.path, ckpt.format(), tuple(infos), mapping, arch, tuple(dups), kept)
 
 
 def byte_spans(ckpt: SafetensorsCheckpoint, layout: Layout) -> list[TensorSpan]:
     """The byte range of every tensor :func:`stream` hands on (canonical names; EMA copies and
     later duplicates of a name left out, as there)."""
-    ema = set(layout.mapping.ema)
-    seen: set[str] = set()
+    left = dict(layout.kept)
     out: list[TensorSpan] = []
     for info, offset in zip(ckpt.header.infos, ckpt.header.offsets, strict=True):
-        if info.name in ema:
-            continue
-        name = layout.mapping.canonical.get(info.name, info.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        out.append(TensorSpan(name, info.shape, info.dtype, offset, offset + info.nbytes))
+        name = left.pop(info.name, None)
+        if name is not None:
+            out.append(TensorSpan(name, info.shape, info.dtype, offset, offset + info.nbytes))
     return out
 
 
@@ -129,7 +129,6 @@ def stream(
 ) -> FileHashes | None:
     """Feed every tensor to ``consumers``; returns file hashes for single-file checkpoints.
     ``content``: fed every byte of a safetensors file on a hashing thread (see :func:`identity_pass`)."""
-    ema = set(layout.mapping.ema)
     total = sum(i.nbytes for i in layout.infos) or 1
     done = 0
     digester: FileDigester | None = None
@@ -150,15 +149,12 @@ def stream(
         prepare = getattr(consumer, "prepare", None)
         if prepare is not None:
             prepare(shapes, bmap.block_of)
-    seen: set[str] = set()
+    left = dict(layout.kept)  # each stored name once, as read_layout decided
     for info, tensor in tensors:
         done += info.nbytes
-        if info.name in ema:
+        name = left.pop(info.name, None)
+        if name is None:
             continue
-        name = layout.mapping.canonical.get(info.name, info.name)
-        if name in seen:
-            continue
-        seen.add(name)
         canon = replace(info, name=name)
         for consumer in consumers:
             consumer.consume(name, canon, tensor)
