@@ -40,6 +40,8 @@ from sdforensics.estimate_types import ElementwiseFinding
 #: share of "should have moved" coordinates left exactly at the base above which a merge is
 #: element-wise (linear merges: ~0; DARE p >= 0.7 with <= 3 models: >= 0.34; TIES k <= 0.5: >= 0.12)
 EQUAL_FRACTION_MIN = 0.05
+#: coordinates that should have moved below which nothing can be said
+MOVED_MIN = 50
 #: balanced accuracy of the TIES trim-and-vote rule above which the merge is TIES, not DARE
 TIES_RULE_MIN = 0.85
 
@@ -148,6 +150,28 @@ def _auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
+def _dropped_share(equal: np.ndarray, informative: np.ndarray, layer: np.ndarray, min_count: int = 100) -> float:
+    """Share of informative coordinates left at the base, from the layers that show DARE's own rate.
+
+    DARE leaves ``p ** n`` of the coordinates where all n ingredients moved at the base, in every
+    layer alike. Some mergers also shrink whole rows afterwards (sd-mecha's DARE-TIES multiplies
+    each row by a model-stock factor, zero for most conv kernels), which only adds equal
+    coordinates: ``q_layer = p ** n + (1 - p ** n) * s_layer`` with ``s_layer >= 0``. So the
+    layers with the lowest share carry the drop rate; pool those within sampling noise of the
+    lower quartile (all of them when the layers agree, as for plain DARE).
+    """
+    ids, counts = np.unique(layer[informative], return_counts=True)
+    eq_counts = np.bincount(layer[informative & equal], minlength=int(layer.max()) + 1)[ids]
+    keep = counts >= min_count
+    if keep.sum() < 3:
+        return float(equal[informative].mean())
+    ids, counts, eq_counts = ids[keep], counts[keep], eq_counts[keep]
+    share = eq_counts / counts
+    low = float(np.percentile(share, 25))
+    near = share <= low + 3.0 * np.sqrt(max(low * (1 - low), 1e-4) / counts)
+    return float(eq_counts[near].sum() / counts[near].sum())
+
+
 def detect_elementwise(
     sample_target: Sequence[np.ndarray],
     sample_refs: Sequence[np.ndarray],
@@ -174,7 +198,7 @@ def detect_elementwise(
     n_refs = sample_refs[0].shape[0] if sample_refs else 0
     labels = list(names) if names is not None else [str(i) for i in range(n_refs)]
     others = [i for i in range(n_refs) if i != base]
-    t_parts, d_parts, pct_parts, moved_parts, norm_parts = [], [], [], [], []
+    t_parts, d_parts, pct_parts, moved_parts, any_parts, norm_parts, layer_parts = [], [], [], [], [], [], []
     for li, (st, sr) in enumerate(zip(sample_target, sample_refs, strict=True)):
         if st.size == 0:
             continue
@@ -184,11 +208,14 @@ def detect_elementwise(
         t = np.where(at_base, 0.0, st - b)
         d = sr[others] - b[None, :]
         thr = 2.0 * _bf16_ulp(b)
-        moved = np.abs(predicted[li]) > thr if predicted is not None else (np.abs(d) > thr[None, :]).any(axis=0)
+        moved_any = (np.abs(d) > thr[None, :]).any(axis=0)
+        moved = np.abs(predicted[li]) > thr if predicted is not None else moved_any
         t_parts.append(t)
         d_parts.append(d)
         pct_parts.append(_percentiles(d) if d.shape[0] else d)
         moved_parts.append(moved)
+        any_parts.append(moved_any)
+        layer_parts.append(np.full(t.shape, li))
         norm_parts.append(np.full(t.shape, 1.0 / max(float(np.sqrt(np.mean(d**2))) if d.size else 0.0, 1e-30)))
     if not t_parts or not others:
         return ElementwiseFinding("linear", (), None, None, None, 0.0, 0.5, 0)
@@ -198,8 +225,14 @@ def detect_elementwise(
     moved = np.concatenate(moved_parts)
     equal = t == 0
     n_moved = int(moved.sum())
+    if n_moved < MOVED_MIN:
+        # The linear fit predicts (almost) no change: it found no ingredient, as when a merge
+        # shrinks its deltas row by row (sd-mecha's DARE-TIES multiplies each row by a model-stock
+        # factor). Then every coordinate some reference moved should have moved.
+        moved = np.concatenate(any_parts)
+        n_moved = int(moved.sum())
     eq_frac = float(equal[moved].mean()) if n_moved else 0.0
-    if n_moved < 50 or eq_frac < EQUAL_FRACTION_MIN:
+    if n_moved < MOVED_MIN or eq_frac < EQUAL_FRACTION_MIN:
         return ElementwiseFinding("linear", (), None, None, None, eq_frac, 0.5, int(t.size))
 
     nonequal = moved & ~equal
@@ -239,7 +272,7 @@ def detect_elementwise(
         auc = _auc(score[any_moved], ~equal[any_moved])
         ingredients = tuple(labels[others[i]] for i in cover)
     all_moved = (dd != 0).all(axis=0)
-    q = float(equal[all_moved].mean()) if all_moved.any() else eq_frac
+    q = _dropped_share(equal, all_moved, np.concatenate(layer_parts)) if all_moved.any() else eq_frac
     p = float(q ** (1.0 / len(cover))) if q > 0 else 0.0
     kind = "dare" if auc < 0.7 else "dare_ties"
     return ElementwiseFinding(kind, ingredients, None, p, None, eq_frac, auc, int(t.size))

@@ -9,7 +9,6 @@ slices straight into the hashers, without building tensors or importing torch.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -87,8 +86,6 @@ def byte_spans(ckpt: SafetensorsCheckpoint, layout: Layout) -> list[TensorSpan]:
 
 
 READ_SIZE = 2 * SLICE
-READ_DEPTH = 24
-"""Buffers in flight when only hashing: 48 MiB, enough to keep both workers busy."""
 
 
 def identity_pass(
@@ -102,22 +99,20 @@ def identity_pass(
         assert hashes is not None
         return hashes, ident
     digester = FileDigester(autov3_start=ckpt.header.data_start, content=ident.update)
-    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-    for _ in range(READ_DEPTH):
-        free.put(bytearray(READ_SIZE))
     total = ckpt.header.file_size or 1
-    done = 0
-    try:
-        for view in ckpt.raw_chunks(free.get):
-            buf: Any = view.obj  # the bytearray it views, back to the pool once hashed
-            digester.update(view, on_done=partial(free.put, buf))
-            done += len(view)
-            if progress is not None:
-                progress(done, total)
-    except BaseException:
-        digester.close()
-        raise
-    return digester.finish(), ident
+    with ckpt.mapped() as mapped:
+        try:
+            for start in range(0, len(mapped.view), READ_SIZE):
+                digester.update(
+                    mapped.view[start : start + READ_SIZE], on_done=partial(mapped.done, start, READ_SIZE)
+                )
+                if progress is not None:
+                    progress(min(start + READ_SIZE, total), total)
+            hashes = digester.finish()
+        except BaseException:
+            digester.close()
+            raise
+    return hashes, ident
 
 
 def stream(

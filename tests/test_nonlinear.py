@@ -167,3 +167,39 @@ def test_ties_saved_in_fp16_against_fp32_library(fam):
     assert est.kind == "ties" and est.elementwise is not None
     assert set(est.elementwise.ingredients) == set(ings)
     assert est.elementwise.density is not None and abs(est.elementwise.density - 0.3) <= 0.1
+
+
+def _dare_layers(rng: np.random.Generator, p: float, wipe: list[float], shrink: float = 1.0):
+    """Raw samples of a 2-model DARE merge over several layers; ``wipe[l]`` of layer l's rows reset."""
+    targets, refs = [], []
+    for share in wipe:
+        b = rng.normal(size=2000)
+        d = 0.05 * rng.normal(size=(3, 2000))  # A, B (the ingredients) and C (not used)
+        keep = rng.random(size=(2, 2000)) > p
+        kept = (d[:2] * keep).sum(0) / np.maximum(keep.sum(0), 1) / (1 - p)
+        kept[rng.random(2000) < share] = 0.0  # a merger that shrinks rows to nothing afterwards
+        targets.append(b + shrink * kept)
+        refs.append(np.vstack([b, b + d]))
+    return targets, refs
+
+
+def test_dare_found_when_the_linear_fit_finds_nothing():
+    """sd-mecha's default DARE-TIES shrinks rows by a model-stock factor: the linear fit then finds
+    no ingredient (its prediction is zero), but the coordinates left at the base still show DARE."""
+    rng = np.random.default_rng(4)
+    targets, refs = _dare_layers(rng, 0.9, [0.0] * 6, shrink=0.05)
+    zero = [np.zeros_like(t) for t in targets]
+    found = detect_elementwise(targets, refs, base=0, predicted=zero, names=["base", "A", "B", "C"])
+    assert found.kind == "dare" and set(found.ingredients) == {"A", "B"}
+    assert found.drop_rate is not None and abs(found.drop_rate - 0.9) < 0.03
+
+
+def test_drop_rate_from_the_least_shrunk_layers():
+    """Layers whose rows were reset afterwards have more coordinates at the base; p comes from the others."""
+    rng = np.random.default_rng(5)
+    targets, refs = _dare_layers(rng, 0.7, [0.0, 0.0, 0.0, 0.6, 0.8, 0.8, 0.9])
+    found = detect_elementwise(targets, refs, base=0, names=["base", "A", "B", "C"])
+    assert found.kind == "dare" and set(found.ingredients) == {"A", "B"}
+    assert found.drop_rate is not None and abs(found.drop_rate - 0.7) < 0.03
+    pooled = float(np.mean(np.concatenate([t == r[0] for t, r in zip(targets, refs, strict=True)])))
+    assert pooled ** 0.5 > 0.8  # what the pooled share alone would have said

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -280,25 +282,25 @@ class SafetensorsCheckpoint:
             while chunk := fh.read(16 << 20):
                 tap(chunk)
 
-    def raw_chunks(self, buffer: Callable[[], bytearray]) -> Iterator[memoryview]:
-        """Every byte of the file, in order, read into buffers that ``buffer()`` hands out (no torch,
-        no tensors: what the identity pass needs). A file that shrinks under us is an error."""
-        fh = self._fh
-        fh.seek(0)
-        left = self.header.file_size
-        while left > 0:
-            buf = buffer()
-            view = memoryview(buf)[: min(len(buf), left)]
-            try:
-                n = fh.readinto(view)
-            except OSError as err:
-                raise CorruptFileError(f"{self._where}: read error: {err}") from err
-            if not n:
-                raise CorruptFileError(
-                    f"{self._where}: the file ended {left:,} bytes early (it changed or was truncated while being read)"
-                )
-            left -= n
-            yield view[:n]
+    @contextmanager
+    def mapped(self) -> Iterator[MappedFile]:
+        """Every byte of the file as one read-only memory map (no torch, no tensors, no copy: what
+        the identity pass hashes). The map covers the size the header was validated against; like
+        safetensors' own loader, a file truncated by another process while mapped ends the process
+        (SIGBUS) rather than returning wrong bytes."""
+        size = self.header.file_size
+        try:
+            mm = mmap.mmap(self._fh.fileno(), size, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as err:
+            raise CorruptFileError(f"{self._where}: cannot map the file: {err}") from err
+        mapped = MappedFile(mm)
+        try:
+            yield mapped
+        finally:
+            mapped.view.release()
+            if mm is not None:
+                with suppress(BufferError):  # a slice still referenced elsewhere: the map goes with it
+                    mm.close()
 
     def close(self) -> None:
         self._fh.close()
@@ -308,6 +310,23 @@ class SafetensorsCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MappedFile:
+    """A read-only map of a whole file: ``view`` its bytes; :meth:`done` hands pages back."""
+
+    def __init__(self, mm: mmap.mmap | None) -> None:
+        self._mm = mm
+        self.view = memoryview(mm) if mm is not None else memoryview(b"")
+        self._advise = mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+        if self._advise and mm is not None:
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+
+    def done(self, start: int, length: int) -> None:
+        """Bytes ``[start, start + length)`` (page-aligned start) are no longer needed: unmap their
+        pages so they stop counting as this process's memory (the page cache keeps them)."""
+        if self._advise and self._mm is not None and not self._mm.closed:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, min(length, len(self._mm) - start))
 
 
 def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
