@@ -311,6 +311,18 @@ def numerical_rank(m: np.ndarray, gap: float = 8.0, max_share: float = 0.5) -> i
     return r + 1 if ratios[r] >= gap else None
 
 
+def top_energy_share_of_noise(shape: tuple[int, ...], rank: int, trials: int = 64) -> float:
+    """Mean share of a Gaussian ``shape`` matrix's energy in its top ``rank`` singular values
+    (deterministic: a fixed seed). A full-rank residual (fine-tune, rounding noise) sits near it;
+    a LoRA's sits near 1. (32 x 32: rank 1 0.11, rank 4 0.38, rank 8 0.63.)"""
+    rng = np.random.default_rng(0)
+    shares = []
+    for _ in range(trials):
+        sv = np.linalg.svd(rng.normal(size=shape), compute_uv=False)
+        shares.append(float(np.sum(sv[:rank] ** 2) / np.sum(sv**2)))
+    return float(np.mean(shares))
+
+
 def detect_lowrank(
     residual_sketch_matrices: Mapping[str, np.ndarray],
     scales: Mapping[str, float] | None = None,
@@ -341,14 +353,24 @@ def detect_lowrank(
         return None
     rank = Counter(r for _, r in found).most_common(1)[0][0]
     # With the rank known from the clear layers, weaker layers count when their spectrum drops
-    # after that same rank by a smaller (but still clear) factor.
+    # after that same rank by a smaller (but still clear) factor, or when their top ``rank``
+    # directions hold most of the energy: a weak LoRA saved in fp16 keeps its low-rank part under
+    # dense rounding noise, which blurs the gap but not the share (measured on a real rank-4 LoRA
+    # baked at 0.3: median gap 2.2, median top-4 share 0.91).
     seen = {k for k, _ in found}
+    floors: dict[tuple[int, ...], float] = {}
     for key, m in residual_sketch_matrices.items():
         ref = scales.get(key, top) if scales is not None else top
         if key in seen or m.ndim != 2 or min(m.shape) <= rank or norms[key] <= min_share * max(ref, 1e-300):
             continue
         sv = np.linalg.svd(m, compute_uv=False)
-        if sv[rank - 1] > 0 and sv[rank - 1] >= (gap / 2.5) * max(sv[rank], sv[0] * 1e-15):
+        if sv[rank - 1] <= 0:
+            continue
+        if m.shape not in floors:
+            floors[m.shape] = top_energy_share_of_noise(m.shape, rank)
+        share = float(np.sum(sv[:rank] ** 2) / np.sum(sv**2))
+        clear_gap = sv[rank - 1] >= (gap / 2.5) * max(sv[rank], sv[0] * 1e-15)
+        if clear_gap or share >= 1.0 - (1.0 - floors[m.shape]) / 2.5:
             found.append((key, rank))
     return LowRankFinding(rank, tuple(k for k, _ in found), tuple(found))
 

@@ -11,7 +11,13 @@ import pytest
 
 from sdforensics.estimate import estimate_recipe
 from sdforensics.estimate_synth import Family, fingerprint, make_family
-from sdforensics.nonlinear import detect_elementwise, detect_lowrank, estimate_lora_strength, numerical_rank
+from sdforensics.nonlinear import (
+    detect_elementwise,
+    detect_lowrank,
+    estimate_lora_strength,
+    numerical_rank,
+    top_energy_share_of_noise,
+)
 
 torch = pytest.importorskip("torch")
 try:
@@ -203,3 +209,25 @@ def test_drop_rate_from_the_least_shrunk_layers():
     assert found.drop_rate is not None and abs(found.drop_rate - 0.7) < 0.03
     pooled = float(np.mean(np.concatenate([t == r[0] for t, r in zip(targets, refs, strict=True)])))
     assert pooled ** 0.5 > 0.8  # what the pooled share alone would have said
+
+
+def test_weak_lora_layers_listed_through_rounding_noise():
+    """A rank-4 LoRA whose fp16 rounding noise blurs the spectral gap still has most of its energy in
+    4 directions: listed once clear layers set the rank. A fine-tune's residual (rank 8 + dense) is not."""
+    rng = np.random.default_rng(6)
+
+    def lora(noise: float) -> np.ndarray:
+        m = rng.normal(size=(32, 4)) @ np.diag([4.0, 2.0, 1.0, 0.6]) @ rng.normal(size=(4, 32))
+        return m / np.linalg.norm(m) + noise * rng.normal(size=(32, 32)) / 32
+
+    def finetune() -> np.ndarray:
+        low = rng.normal(size=(32, 8)) @ rng.normal(size=(8, 32))
+        return 0.7 * low / np.linalg.norm(low) + 0.7 * rng.normal(size=(32, 32)) / 32
+
+    clear = {f"clear{i}": lora(0.001) for i in range(3)}
+    weak = {f"weak{i}": lora(0.35) for i in range(6)}
+    other = {f"ft{i}": finetune() for i in range(6)}
+    found = detect_lowrank({**clear, **weak, **other})
+    assert found is not None and found.rank == 4
+    assert set(found.layers) == set(clear) | set(weak)
+    assert top_energy_share_of_noise((32, 32), 4) == pytest.approx(0.38, abs=0.02)
