@@ -225,12 +225,18 @@ def detect_elementwise(
     moved = np.concatenate(moved_parts)
     equal = t == 0
     n_moved = int(moved.sum())
+    fallback = False
     if n_moved < MOVED_MIN:
         # The linear fit predicts (almost) no change: it found no ingredient, as when a merge
         # shrinks its deltas row by row (sd-mecha's DARE-TIES multiplies each row by a model-stock
         # factor). Then every coordinate some reference moved should have moved.
-        moved = np.concatenate(any_parts)
+        # Layers the target left entirely at the base say nothing of how it was merged (a baked
+        # LoRA or a partial merge leaves whole layers alone), so they are left out.
+        layer = np.concatenate(layer_parts)
+        changed = np.bincount(layer[~equal], minlength=int(layer.max()) + 1) > 0
+        moved = np.concatenate(any_parts) & changed[layer]
         n_moved = int(moved.sum())
+        fallback = True
     eq_frac = float(equal[moved].mean()) if n_moved else 0.0
     if n_moved < MOVED_MIN or eq_frac < EQUAL_FRACTION_MIN:
         return ElementwiseFinding("linear", (), None, None, None, eq_frac, 0.5, int(t.size))
@@ -238,7 +244,9 @@ def detect_elementwise(
     nonequal = moved & ~equal
     cover = _sign_cover(np.sign(t[nonequal]), d[:, nonequal])
     if not cover:
-        return ElementwiseFinding("unknown", (), None, None, None, eq_frac, 0.5, int(t.size))
+        # without a linear fit to go by, signs no reference explains mean nothing element-wise
+        kind = "linear" if fallback else "unknown"
+        return ElementwiseFinding(kind, (), None, None, None, eq_frac, 0.5, int(t.size))
     dd, pp = d[cover], pct[cover]
     any_moved = (dd != 0).any(axis=0)
     score = np.where(dd != 0, pp, 0.0).max(axis=0)
