@@ -169,3 +169,40 @@ def test_cpu_row_pass_agrees_with_the_general_path(dtype: torch.dtype, monkeypat
         np.testing.assert_allclose(a.structure, b.structure, rtol=1e-5, atol=1e-5 * np.abs(b.structure).max())
     nan_print = fast["model.diffusion_model.output_blocks.0.0.skip_connection.weight"]
     assert (nan_print.stats[6], nan_print.stats[7]) == (1, 1)
+
+
+def test_sample_and_sketch_together_estimate_dots_better_than_the_sketch_alone() -> None:
+    """The coordinate sample is a second unbiased estimate of each dot product; weighed with the
+    CountSketch it lowers the error of delta cosines (here: 40 pairs of unrelated 1-M-value deltas)."""
+    from sdforensics.compare import _estimators
+    from sdforensics.fingerprint import Fingerprinter, Scheme
+    from sdforensics.readers.base import TensorInfo
+
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    shape = (1024, 1024)
+    scheme = Scheme(block_budget=1024)  # as many buckets as sample values: the sample halves the variance
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(shape, generator=g)
+    err_sketch, err_both = [], []
+    for _ in range(40):
+        prints = []
+        for t in (base, base + 0.05 * torch.randn(shape, generator=g), base + 0.05 * torch.randn(shape, generator=g)):
+            f = Fingerprinter(device="cpu", scheme=scheme)
+            f.prepare({key: shape}, lambda k: "M00")
+            f.consume(key, TensorInfo(key, shape, "F32", 4 * base.numel()), t)
+            prints.append(f.prints[key])
+        b, x, y = prints
+        parts = _estimators(x, [b, y])
+        assert len(parts) == 2 and parts[0][0] == pytest.approx(x.values.size / (x.values.size + x.sample.size))
+
+        def cos(use: list) -> float:
+            dot = nx = ny = 0.0
+            for w, t, stack in use:
+                dx, dy = t - stack[0], stack[1] - stack[0]
+                dot, nx, ny = dot + w * dx @ dy, nx + w * dx @ dx, ny + w * dy @ dy
+            return dot / (nx * ny) ** 0.5
+
+        err_sketch.append(cos([(1.0, x.values, np.stack([b.values, y.values]))]))
+        err_both.append(cos(parts))
+    rms_sketch, rms_both = np.sqrt(np.mean(np.square(err_sketch))), np.sqrt(np.mean(np.square(err_both)))
+    assert rms_both < 0.85 * rms_sketch, (rms_both, rms_sketch)
