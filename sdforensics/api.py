@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from sdforensics.analysis import Analysis, collect
-from sdforensics.compare import Similarity, component_digests, identical_components, similarity
+from sdforensics.compare import (
+    Similarity,
+    component_digests,
+    identical_components,
+    select_references,
+    similarity,
+)
 from sdforensics.errors import SdfError
 from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, resolve_device
 from sdforensics.library import Reference, library_scheme, load_references, search_path
@@ -223,8 +229,7 @@ def analyze(
         extras["similarity"] = similarity_json(sim)
         chosen = candidates(sim, base)
         if len(chosen) < len(refs):
-            sim = similarity(fp, [refs[i].fingerprint for i in chosen], [refs[i].name for i in chosen],
-                             chosen.index(base) if base is not None else None, arch, blocks)
+            sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
             base = chosen.index(base) if base is not None else None
             refs = [refs[i] for i in chosen]
         recipe = estimate(fp, refs, base, sim, loras)

@@ -10,7 +10,7 @@ tensors enter as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -147,6 +147,32 @@ def similarity(
         overall_delta=overall_delta,
         overall_raw=_cos(rdot.sum(0), rnt.sum(), rnr.sum(0)),
         convention=blocks.convention,
+    )
+
+
+def select_references(
+    sim: Similarity, target: Fingerprint, refs: Sequence[Fingerprint], chosen: Sequence[int], base: int | None,
+    arch: Architecture, blocks: BlockMap,
+) -> Similarity:
+    """``sim`` restricted to the references ``chosen`` (indices into ``refs``, the references ``sim``
+    was computed with). Every cosine is per reference, so this is a column selection, unless the
+    chosen references share more layers than all of them did; then it is computed again."""
+    subset = [refs[i] for i in chosen]
+    names = [sim.references[i] for i in chosen]
+    new_base = chosen.index(base) if base is not None else None
+    if tuple(common_layers(target, subset, arch, blocks)) != sim.layers:
+        return similarity(target, subset, names, new_base, arch, blocks)
+    cols = list(chosen)
+    return replace(
+        sim,
+        references=tuple(names),
+        base=names[new_base] if new_base is not None else None,
+        layer_delta=sim.layer_delta[:, cols],
+        layer_raw=sim.layer_raw[:, cols],
+        block_delta=sim.block_delta[:, cols],
+        block_raw=sim.block_raw[:, cols],
+        overall_delta=sim.overall_delta[cols],
+        overall_raw=sim.overall_raw[cols],
     )
 
 

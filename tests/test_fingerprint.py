@@ -206,3 +206,21 @@ def test_sample_and_sketch_together_estimate_dots_better_than_the_sketch_alone()
         err_both.append(cos(parts))
     rms_sketch, rms_both = np.sqrt(np.mean(np.square(err_sketch))), np.sqrt(np.mean(np.square(err_both)))
     assert rms_both < 0.85 * rms_sketch, (rms_both, rms_sketch)
+
+
+def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: dict[str, Path]) -> None:
+    """The fit's candidates are a subset of the library: their similarity is taken from the first pass."""
+    from sdforensics.compare import select_references, similarity
+    from sdforensics.tables import architecture
+
+    names = ["base", "ft1", "ft2", "ft3", "ft6"]
+    prints = [fingerprint_model(family[n], device="cpu")[1] for n in names]
+    target = fingerprint_model(family["ft4"], device="cpu")[1]
+    arch, blocks = architecture("sd1"), block_maps()["sd1"]
+    full = similarity(target, prints, names, 0, arch, blocks)
+    chosen = [4, 0, 2]
+    picked = select_references(full, target, prints, chosen, 0, arch, blocks)
+    fresh = similarity(target, [prints[i] for i in chosen], [names[i] for i in chosen], 1, arch, blocks)
+    assert picked.references == ("ft6", "base", "ft2") and picked.base == "base"
+    for field in ("layer_delta", "layer_raw", "block_delta", "block_raw", "overall_delta", "overall_raw"):
+        np.testing.assert_allclose(getattr(picked, field), getattr(fresh, field), rtol=1e-12, equal_nan=True)
