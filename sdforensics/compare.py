@@ -97,6 +97,18 @@ def _estimators(tp: TensorPrint, rps: Sequence[TensorPrint]) -> list[tuple[float
     return [(w, tp.values, stack), ((1.0 - w) * tp.numel / sample.size, sample, samples)]
 
 
+def model_vector(fp: Fingerprint, layers: Sequence[LayerRow]) -> np.ndarray:
+    """One vector per model whose plain dot products are :func:`similarity`'s estimates over
+    ``layers`` (each estimate's part scaled by the square root of its weight): for cosine matrices
+    over a whole folder of models. Assumes every model has each layer's sample, as models made with
+    one scheme do."""
+    parts = []
+    for row in layers:
+        for weight, t, _ in _estimators(fp.tensors[row.key], [fp.tensors[row.key]]):
+            parts.append(np.sqrt(weight) * t)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def similarity(
     target: Fingerprint,
     refs: Sequence[Fingerprint],
