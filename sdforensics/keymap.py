@@ -6,8 +6,11 @@ its prefix, a ``module.``-wrapped state dict. The rewrites are data (``data/key_
 bare components are recognised by matching their names against the architecture tables with a
 component prefix removed, so every table we add teaches this module a new bare layout too.
 
->>> canonicalize(["input_blocks.0.0.weight", "time_embed.0.weight"]).canonical["time_embed.0.weight"]
+>>> bare = ["input_blocks.0.0.weight", "input_blocks.0.0.bias", "time_embed.0.weight", "out.2.weight"]
+>>> canonicalize(bare).canonical["time_embed.0.weight"]
 'model.diffusion_model.time_embed.0.weight'
+
+(A component is recognised from at least four of its names.)
 """
 
 from __future__ import annotations

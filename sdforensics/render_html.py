@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sdforensics.safetext import human_size, printable
+from sdforensics.safetext import human_size, percent, printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -145,7 +145,7 @@ def _summary(a: Analysis, doc: dict[str, Any]) -> str:
 def _identity(a: Analysis, doc: dict[str, Any]) -> str:
     arch = a.architecture
     ident = a.identity
-    dtypes = ", ".join(f"{_e(k)} {v / max(ident.n_params, 1):.0%}"
+    dtypes = ", ".join(f"{_e(k)} {percent(v / max(ident.n_params, 1))}"
                        for k, v in sorted(ident.dtypes.items(), key=lambda kv: -kv[1]))
     rows = [
         ("format", _e(a.layout.format.container)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sdforensics.safetext import human_size, printable
+from sdforensics.safetext import human_size, percent, printable
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
@@ -36,7 +36,7 @@ def identity_lines(a: Analysis) -> list[str]:
         lines.append(f"  text enc {', '.join(arch.text_encoders)}")
     ident = a.identity
     dtypes = ", ".join(
-        f"{k} {v / max(ident.n_params, 1):.0%}"
+        f"{k} {percent(v / max(ident.n_params, 1))}"
         for k, v in sorted(ident.dtypes.items(), key=lambda kv: -kv[1])
     )
     lines.append(f"  tensors  {ident.n_tensors:,} ({_params(ident.n_params)} values; {dtypes})")

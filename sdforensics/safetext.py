@@ -24,6 +24,21 @@ def human_size(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def percent(fraction: float) -> str:
+    """A share as a whole percentage that never rounds a small part away: ``<0.1%``, ``>99.9%``.
+
+    >>> [percent(x) for x in (0.0, 0.00001, 0.004, 0.25, 0.99999, 1.0)]
+    ['0%', '<0.1%', '0.4%', '25%', '>99.9%', '100%']
+    """
+    if 0 < fraction < 0.001:
+        return "<0.1%"
+    if 0.999 < fraction < 1:
+        return ">99.9%"
+    if 0 < fraction < 0.01 or 0.99 < fraction < 1:
+        return f"{fraction:.1%}"
+    return f"{fraction:.0%}"
+
+
 def printable(text: str, limit: int | None = 500) -> str:
     """``text`` with control characters escaped, cut to ``limit`` characters (None: no cut)."""
     out = []
