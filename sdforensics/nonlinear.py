@@ -378,6 +378,8 @@ def detect_lowrank(
             floors[m.shape] = top_energy_share_of_noise(m.shape, rank)
         share = float(np.sum(sv[:rank] ** 2) / np.sum(sv**2))
         clear_gap = sv[rank - 1] >= (gap / 2.5) * max(sv[rank], sv[0] * 1e-15)
+        # the share must cover 60% of the way from noise to 1 (32 x 32, rank 4: 0.75; a synthetic
+        # fine-tune's residual, rank 8 plus dense, measured 0.55 on average, 0.61 at 99%)
         if clear_gap or share >= 1.0 - (1.0 - floors[m.shape]) / 2.5:
             found.append((key, rank))
     return LowRankFinding(rank, tuple(k for k, _ in found), tuple(found))
