@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -186,7 +187,7 @@ class ByteIdentity:
         self.nonfinite: list[TensorIssue] = []
         self.position_ids: str | None = None
         for s in self.spans:
-            n = _numel(s.shape)
+            n = math.prod(s.shape)
             self.n_params += n
             self.dtypes[s.dtype] += n
         self._offset = 0
@@ -249,10 +250,3 @@ def _exact_float64(code: str, raw: bytes) -> np.ndarray:
 
 
 _INT_FORMATS = {"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "u1"}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

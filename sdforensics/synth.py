@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -275,9 +276,7 @@ def write_safetensors(
         shape, code = layout[key]
         out_dtype = dtype if DTYPES[code].is_float else DTYPES[code].torch_dtype
         size = by_torch(out_dtype).itemsize
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         header[out_name] = {
             "dtype": by_torch(out_dtype).code,
             "shape": list(shape),
@@ -317,7 +316,6 @@ def write_diffusers(spec: Spec, path: Path, dtype: torch.dtype = torch.float16) 
     from sdforensics.synth_diffusers import write_diffusers as _write
 
     return _write(state_dict(spec, dtype), spec.family, Path(path), dtype=dtype)
-
 
 
 def family_specs(family: str, width: int = 16, finetunes: int = 6, seed: int = 0) -> dict[str, Spec]:
