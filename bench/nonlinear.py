@@ -3,6 +3,7 @@
     python bench/nonlinear.py                  # full size SD1.5 layout (2.1 GB per model)
     python bench/nonlinear.py --width 4        # 1/4 width
     nohup python bench/nonlinear.py > bench/out/nonlinear.log 2>&1 &
+    python bench/nonlinear.py --sets ties --cases ties8,ties9 --resume   # split a long run; the table reads saved cases
 
 Uses the family, kept-out model and library of ``bench/recipes.py`` (same ``--out``, ``--width``
 and ``--seed``; built here when missing). Three sets of 10 cases, 2-3 references each from
@@ -143,6 +144,23 @@ def analyze_case(case: NCase, path: Path, library: Path) -> None:
     }
 
 
+def _case_json(c: NCase) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "method": c.method,
+        "refs": c.refs,
+        "k": c.k,
+        "p": c.p,
+        "seed": c.seed,
+        "merger": c.merger,
+        "ok": c.ok,
+        "seconds_merge": c.seconds_merge,
+        "seconds_analyze": c.seconds_analyze,
+        "result": c.result,
+        "notes": c.notes,
+    }
+
+
 def linear_recheck(out: Path, width: int) -> tuple[bool | None, list[str]]:
     """From recipes.py's JSON: no linear merge reported as TIES, DARE or LoRA.
 
@@ -184,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="ties,dare,dare_ties", help="comma list of sets to run")
     ap.add_argument("--n", type=int, default=10, help="cases per set (development)")
     ap.add_argument("--no-model-stock", action="store_true", help="DARE-TIES with apply_stock=True (t = 1)")
+    ap.add_argument("--cases", default="", help="comma list of case names to run (e.g. ties8,dare6); others skipped")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse a case's saved result (WORK/<case>.json, written after each case) instead of merging again",
+    )
     args = ap.parse_args(argv)
     global STOCK_OFF
     STOCK_OFF = args.no_model_stock
@@ -211,8 +235,19 @@ def main(argv: list[str] | None = None) -> int:
             NCase(f"dareties{i + 1}", "dare_ties", r, p=p, k=1.0, seed=s)
             for i, (r, p, s) in enumerate(DARE_TIES_CASES[: args.n])
         ]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        cases = [c for c in cases if c.name in wanted]
+    tag = "-nostock" if STOCK_OFF else ""
     for case in cases:
         path = work / f"{case.name}.safetensors"
+        saved = work / f"{case.name}{tag}.json"
+        if args.resume and saved.exists():
+            done = json.loads(saved.read_text())
+            case.result, case.notes, case.merger = done["result"], done["notes"], done["merger"]
+            case.seconds_merge, case.seconds_analyze = done["seconds_merge"], done["seconds_analyze"]
+            recipes.log(f"{case.name}: saved result from {done['finished']}")
+            continue
         t = time.perf_counter()
         try:
             make(case, paths, path)
@@ -222,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             case.notes.append(f"{type(exc).__name__}: {exc}")
         if not args.keep:
             path.unlink(missing_ok=True)
+        saved.write_text(
+            json.dumps(
+                _case_json(case) | {"finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+                indent=1,
+                default=str,
+            )
+        )
         r = case.result
         recipes.log(
             f"{case.name}: {'+'.join(case.refs)} k={case.k} p={case.p}: kind {r.get('kind')} "
@@ -285,26 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     dump = {
         "width": args.width,
         "wall_s": wall,
-        "cases": [
-            {
-                "name": c.name,
-                "method": c.method,
-                "refs": c.refs,
-                "k": c.k,
-                "p": c.p,
-                "seed": c.seed,
-                "merger": c.merger,
-                "ok": c.ok,
-                "result": c.result,
-                "notes": c.notes,
-            }
-            for c in cases
-        ],
+        "cases": [_case_json(c) for c in cases],
         "figures": [{"figure": t, "pass": ok} for t, ok in summary],
     }
-    (
-        args.out / f"nonlinear-w{args.width}{'-nostock' if STOCK_OFF else ''}-{args.sets.replace(',', '+')}.json"
-    ).write_text(json.dumps(dump, indent=1, default=str))
+    (args.out / f"nonlinear-w{args.width}{tag}-{args.sets.replace(',', '+')}.json").write_text(
+        json.dumps(dump, indent=1, default=str)
+    )
     return 0 if all(ok is not False for _, ok in summary) else 1
 
 
