@@ -11,6 +11,7 @@ import torch
 from conftest import sdf
 
 from sdforensics.api import fingerprint_model
+from sdforensics.errors import FingerprintError
 from sdforensics.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.pairwise import compare_files
 from sdforensics.synth import Merge, write_safetensors
@@ -24,10 +25,51 @@ def test_fingerprint_is_deterministic_and_round_trips(family: dict[str, Path], t
     c = load_fingerprint(path)
     for name, t in a.tensors.items():
         assert np.array_equal(t.values, b.tensors[name].values)
-        assert np.allclose(t.values, c.tensors[name].values, rtol=1e-6, atol=1e-9)
-        assert t.digest == c.tensors[name].digest
+        back = c.tensors[name]
+        if t.kind == "exact":  # fp16 sources: their values, kept exactly
+            assert np.array_equal(t.values, back.values)
+        else:  # sketches are stored in 16 bits: within half a step of max |x| / 32767
+            assert np.max(np.abs(t.values - back.values)) <= np.max(np.abs(t.values)) / 32767 * 0.5001
+            assert np.max(np.abs(t.structure - back.structure)) <= np.max(np.abs(t.structure)) / 32767 * 0.5001
+            assert np.array_equal(t.sample, back.sample)
+        assert t.digest == back.digest
         assert t.digest or t.dtype.startswith("I")  # float tensors carry their content digest
     assert c.identity["family"] == "sd1" and c.scheme == a.scheme
+
+
+def test_version_1_fingerprint_files_still_load(family: dict[str, Path], tmp_path: Path) -> None:
+    """Fingerprints shared before 16-bit storage: every span in float32, index rows without scales."""
+    import safetensors.numpy
+
+    _, a = fingerprint_model(family["ft1"], device="cpu")
+    parts: dict[str, list[np.ndarray]] = {"values": [], "samples": [], "structure": []}
+    index = []
+    for t in a.tensors.values():
+        row = [t.name, list(t.shape), t.dtype, t.kind, t.digest]
+        for kind, arr in (("values", t.values), ("samples", t.sample), ("structure", t.structure)):
+            off = sum(x.size for x in parts[kind])
+            n = 0 if arr is None else arr.size
+            if n:
+                parts[kind].append(arr.astype(np.float32))
+            row += ["f32", off if n else 0, n]
+        index.append(row)
+    arrays = {f"{k}_{w}": np.concatenate(v) if v and w == "f32" else np.zeros(0, np.float32)
+              for k, v in parts.items() for w in ("f32", "f16")}
+    arrays["stats"] = np.stack([t.stats for t in a.tensors.values()])
+    meta = {"format": "sdforensics.fingerprint", "version": "1", "scheme": json.dumps(a.scheme.to_json()),
+            "identity": json.dumps(a.identity), "index": json.dumps(index)}
+    path = tmp_path / "v1.sdfp"
+    safetensors.numpy.save_file(arrays, str(path), metadata=meta)
+    back = load_fingerprint(path)
+    assert back.scheme == a.scheme
+    for name, t in a.tensors.items():
+        assert np.allclose(back.tensors[name].values, t.values, rtol=1e-6, atol=1e-9), name
+        assert (t.structure is None) == (back.tensors[name].structure is None)
+    index[0] = index[0][:-1]  # a row one field short is refused, not misread
+    meta["index"] = json.dumps(index)
+    safetensors.numpy.save_file(arrays, str(path), metadata=meta)
+    with pytest.raises(FingerprintError, match="row 0 is malformed"):
+        load_fingerprint(path)
 
 
 def test_fingerprints_of_a_merge_are_the_merge_of_fingerprints(family_specs_sd1: dict, tmp_path: Path) -> None:
@@ -224,3 +266,27 @@ def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: 
     assert picked.references == ("ft6", "base", "ft2") and picked.base == "base"
     for field in ("layer_delta", "layer_raw", "block_delta", "block_raw", "overall_delta", "overall_raw"):
         np.testing.assert_allclose(getattr(picked, field), getattr(fresh, field), rtol=1e-12, equal_nan=True)
+
+
+def test_coordinate_sample_is_the_same_whether_a_tensor_is_sketched_or_kept_exact() -> None:
+    """At small widths a block's budget can keep a big tensor exact; the element-wise checks then
+    read its sample off the exact values, at the positions a sketch would have stored."""
+    from sdforensics.fingerprint import Fingerprinter, Scheme, coordinate_sample
+    from sdforensics.readers.base import TensorInfo
+
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    w = torch.randn(640, 640, generator=torch.Generator().manual_seed(5)).half()
+    prints = {}
+    for budget in (4096, 1 << 20):  # 409,600 values: sketched into 4,096 buckets, or kept exact
+        f = Fingerprinter(Scheme(block_budget=budget), device="cpu")
+        f.prepare({key: tuple(w.shape)}, lambda k: "M00")
+        f.consume(key, TensorInfo(key, tuple(w.shape), "F16", w.numel() * 2), w)
+        prints[budget] = (f.scheme, f.prints[key])
+    (s_sk, sketched), (s_ex, exact) = prints[4096], prints[1 << 20]
+    assert sketched.kind == "sketch" and exact.kind == "exact" and exact.sample is None
+    np.testing.assert_array_equal(coordinate_sample(exact, s_ex), coordinate_sample(sketched, s_sk))
+    small = Fingerprinter(device="cpu")
+    bias = torch.zeros(640).half()
+    small.prepare({"b": (640,)}, lambda k: "M00")
+    small.consume("b", TensorInfo("b", (640,), "F16", 1280), bias)
+    assert coordinate_sample(small.prints["b"], small.scheme) is None  # small tensors: none, as before
