@@ -66,6 +66,12 @@ def common_layers(
     return rows
 
 
+def _no_cancellation_noise(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``x`` (a delta term computed as a difference of raw dot products), set to 0 where it is within
+    float64 cancellation noise of the raw magnitudes ``scale``: an unchanged layer stays exactly 0."""
+    return np.where(np.abs(x) <= 1e-12 * np.abs(scale), 0.0, x)
+
+
 def _cos(dot: np.ndarray, na: np.ndarray | float, nb: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = np.sqrt(na) * np.sqrt(nb)
@@ -124,16 +130,20 @@ def similarity(
     rdot, rnt, rnr = np.zeros((n, m)), np.zeros(n), np.zeros((n, m))
     for i, row in enumerate(layers):
         for weight, t, stack in _estimators(target.tensors[row.key], [r.tensors[row.key] for r in refs]):
-            rdot[i] += weight * (stack @ t)
-            rnt[i] += weight * float(t @ t)
-            rnr[i] += weight * np.einsum("ij,ij->i", stack, stack)
+            # two passes over the references: dots with the target and the base, and squared norms;
+            # the delta terms follow by expanding <r - b, t - b> (float64: the cancellation error is
+            # ~1e-16 of the raw products, far below any delta a file can hold)
+            tb = stack @ np.stack([t, stack[base] if base is not None else t], axis=1)
+            rr = np.einsum("ij,ij->i", stack, stack)
+            tt = float(t @ t)
+            rdot[i] += weight * tb[:, 0]
+            rnt[i] += weight * tt
+            rnr[i] += weight * rr
             if base is not None:
-                b = stack[base]
-                dt = t - b
-                dr = stack - b
-                ldot[i] += weight * (dr @ dt)
-                lnt[i] += weight * float(dt @ dt)
-                lnr[i] += weight * np.einsum("ij,ij->i", dr, dr)
+                bt, bb = float(tb[base, 0]), float(rr[base])
+                ldot[i] += weight * _no_cancellation_noise(tb[:, 0] - tb[:, 1] - bt + bb, rr)
+                lnt[i] += weight * _no_cancellation_noise(np.array([tt - 2.0 * bt + bb]), np.array([tt]))[0]
+                lnr[i] += weight * _no_cancellation_noise(rr - 2.0 * tb[:, 1] + bb, rr)
     block_ids = [b for b in blocks.ids if any(r.block == b for r in layers)]
     idx = {b: i for i, b in enumerate(block_ids)}
     member = np.zeros((len(block_ids), n))

@@ -265,7 +265,9 @@ def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: 
     fresh = similarity(target, [prints[i] for i in chosen], [names[i] for i in chosen], 1, arch, blocks)
     assert picked.references == ("ft6", "base", "ft2") and picked.base == "base"
     for field in ("layer_delta", "layer_raw", "block_delta", "block_raw", "overall_delta", "overall_raw"):
-        np.testing.assert_allclose(getattr(picked, field), getattr(fresh, field), rtol=1e-12, equal_nan=True)
+        # equal up to float64 summation order (delta terms are differences of raw dot products)
+        np.testing.assert_allclose(getattr(picked, field), getattr(fresh, field), rtol=1e-9, atol=1e-12,
+                                   equal_nan=True)
 
 
 def test_coordinate_sample_is_the_same_whether_a_tensor_is_sketched_or_kept_exact() -> None:
