@@ -85,7 +85,8 @@ def main() -> None:
     rms = float(np.sqrt(np.mean(np.square(diffs_all))))
     print(
         f"\n{len(diffs_all)} per-block cosines, exact pass {time.perf_counter() - t1:.0f} s; RMS error {rms:.4f}; "
-        f"worst {worst_all:.4f} ({'PASS' if worst_all <= 0.01 else 'FAIL'} <= 0.01)"
+        f"worst {worst_all:.4f} ({'PASS' if worst_all <= 0.01 else 'FAIL'} <= 0.01); "
+        f"{sum(d <= 0.01 for d in diffs_all)} of {len(diffs_all)} within 0.01"
     )
     print(
         f"largest fingerprint of these models: {np.max(sizes) / 1e6:.2f} MB "
