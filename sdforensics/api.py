@@ -22,12 +22,11 @@ from sdforensics.compare import (
     similarity,
 )
 from sdforensics.errors import SdfError
-from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_sample, resolve_device
+from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
 from sdforensics.library import Reference, library_scheme, load_references, search_path
 from sdforensics.passes import Progress
 from sdforensics.readers.base import Checkpoint
 from sdforensics.runtime import torch_threads
-from sdforensics.sketch import sample_positions
 from sdforensics.tables import architecture, block_maps
 
 
@@ -300,12 +299,7 @@ def estimate(
     for row in sim.layers:
         t = fp.tensors[row.key]
         rp = [r.fingerprint.tensors[row.key] for r in refs]
-        exact_big = t.sample is None and t.kind == "exact" and t.numel > fp.scheme.exact_max
-        pos = sample_positions(t.shape, fp.scheme.samples) if exact_big else None
-        found = [coordinate_sample(p, fp.scheme, pos) for p in (t, *rp)]
-        samples = [s for s in found if s is not None]
-        if len(samples) < len(found):
-            samples = [np.zeros(0)] * len(found)
+        samples = coordinate_samples([t, *rp], fp.scheme) or [np.zeros(0)] * (1 + len(rp))
         sample_t, sample_r = samples[0], np.stack(samples[1:])
         structured = t.structure is not None and all(p.structure is not None for p in rp)
         layers.append(

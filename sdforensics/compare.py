@@ -66,7 +66,7 @@ def common_layers(
     return rows
 
 
-def _no_cancellation_noise(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _no_cancellation_noise(x: np.ndarray | float, scale: np.ndarray | float) -> np.ndarray:
     """``x`` (a delta term computed as a difference of raw dot products), set to 0 where it is within
     float64 cancellation noise of the raw magnitudes ``scale``: an unchanged layer stays exactly 0."""
     return np.where(np.abs(x) <= 1e-12 * np.abs(scale), 0.0, x)
@@ -142,7 +142,7 @@ def similarity(
             if base is not None:
                 bt, bb = float(tb[base, 0]), float(rr[base])
                 ldot[i] += weight * _no_cancellation_noise(tb[:, 0] - tb[:, 1] - bt + bb, rr)
-                lnt[i] += weight * _no_cancellation_noise(np.array([tt - 2.0 * bt + bb]), np.array([tt]))[0]
+                lnt[i] += weight * float(_no_cancellation_noise(tt - 2.0 * bt + bb, tt))
                 lnr[i] += weight * _no_cancellation_noise(rr - 2.0 * tb[:, 1] + bb, rr)
     block_ids = [b for b in blocks.ids if any(r.block == b for r in layers)]
     idx = {b: i for i, b in enumerate(block_ids)}

@@ -25,6 +25,7 @@ Computation runs on any torch device; projections are built on the CPU from SHAK
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -149,16 +150,23 @@ class TensorPrint:
         return int(self.stats[0])
 
 
-def coordinate_sample(t: TensorPrint, scheme: Scheme, positions: np.ndarray | None = None) -> np.ndarray | None:
-    """The tensor's exact values at the scheme's hash-chosen positions: stored for sketched tensors;
-    read off the values of a tensor big enough to sketch that its block's budget kept exact (at
-    small widths), so element-wise checks see the same coordinates whatever the budget.
-    ``positions``: ``sample_positions(t.shape, scheme.samples)``, when the caller has it."""
-    if t.sample is not None:
-        return t.sample
-    if t.kind != "exact" or t.numel <= scheme.exact_max or t.values.size != t.numel:
-        return None
-    return t.values[sample_positions(t.shape, scheme.samples) if positions is None else positions]
+def coordinate_samples(prints: Sequence[TensorPrint], scheme: Scheme) -> list[np.ndarray] | None:
+    """One layer's exact values at the scheme's hash-chosen positions, for each model's print of it:
+    the stored sample of a sketched tensor, or read off the values of a tensor big enough to sketch
+    that its block's budget kept exact (at small widths), so element-wise checks see the same
+    coordinates whatever the budget. None when some print has no such sample (small tensors)."""
+    out: list[np.ndarray] = []
+    positions: np.ndarray | None = None
+    for t in prints:
+        if t.sample is not None:
+            out.append(t.sample)
+            continue
+        if t.kind != "exact" or t.numel <= scheme.exact_max or t.values.size != t.numel:
+            return None
+        if positions is None:  # the same for every print of the layer: hashed once
+            positions = sample_positions(t.shape, scheme.samples)
+        out.append(t.values[positions])
+    return out
 
 
 @dataclass(frozen=True)

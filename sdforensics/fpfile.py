@@ -143,7 +143,7 @@ def load_fingerprint(path: Path) -> Fingerprint:
         arrays = {info.name: t.numpy() for info, t in ckpt.tensors()}
     try:
         store = {
-            (name, width): arrays[f"{name}_{width}"].astype(np.float64 if width != "i16" else np.int16)
+            (name, width): arrays[f"{name}_{width}"] if width == "i16" else arrays[f"{name}_{width}"].astype(np.float64)
             for name in ("values", "samples", "structure")
             for width in (("f32", "f16") if version == 1 else tuple(_WIDTHS))
         }

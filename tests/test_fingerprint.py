@@ -273,7 +273,7 @@ def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: 
 def test_coordinate_sample_is_the_same_whether_a_tensor_is_sketched_or_kept_exact() -> None:
     """At small widths a block's budget can keep a big tensor exact; the element-wise checks then
     read its sample off the exact values, at the positions a sketch would have stored."""
-    from sdforensics.fingerprint import Fingerprinter, Scheme, coordinate_sample
+    from sdforensics.fingerprint import Fingerprinter, Scheme, coordinate_samples
     from sdforensics.readers.base import TensorInfo
 
     key = "model.diffusion_model.middle_block.1.proj_in.weight"
@@ -286,9 +286,9 @@ def test_coordinate_sample_is_the_same_whether_a_tensor_is_sketched_or_kept_exac
         prints[budget] = (f.scheme, f.prints[key])
     (s_sk, sketched), (s_ex, exact) = prints[4096], prints[1 << 20]
     assert sketched.kind == "sketch" and exact.kind == "exact" and exact.sample is None
-    np.testing.assert_array_equal(coordinate_sample(exact, s_ex), coordinate_sample(sketched, s_sk))
+    np.testing.assert_array_equal(coordinate_samples([exact], s_ex), coordinate_samples([sketched], s_sk))
     small = Fingerprinter(device="cpu")
     bias = torch.zeros(640).half()
     small.prepare({"b": (640,)}, lambda k: "M00")
     small.consume("b", TensorInfo("b", (640,), "F16", 1280), bias)
-    assert coordinate_sample(small.prints["b"], small.scheme) is None  # small tensors: none, as before
+    assert coordinate_samples([small.prints["b"]], small.scheme) is None  # small tensors: none, as before
