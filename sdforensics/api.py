@@ -252,10 +252,10 @@ def layer_vector(values: np.ndarray, structure: np.ndarray | None) -> np.ndarray
     """What the fit sees of one layer: the CountSketch, then the two-sided sketch when there is one.
 
     Both estimate the layer's norm, so together they are scaled by 1/sqrt(2) to keep each layer's
-    weight in the fit equal to its true size."""
+    weight in the fit equal to its true size. Always float64 (file fingerprints hold float32)."""
     if structure is None:
-        return values
-    return np.concatenate([values, structure]) / np.sqrt(2.0)
+        return np.asarray(values, np.float64)
+    return np.concatenate([values, structure], dtype=np.float64) / np.sqrt(2.0)
 
 
 def lora_deltas(layers: list[Any], loras: list[Reference]) -> dict[str, dict[str, np.ndarray]]:
@@ -300,7 +300,7 @@ def estimate(
         t = fp.tensors[row.key]
         rp = [r.fingerprint.tensors[row.key] for r in refs]
         samples = coordinate_samples([t, *rp], fp.scheme) or [np.zeros(0)] * (1 + len(rp))
-        sample_t, sample_r = samples[0], np.stack(samples[1:])
+        sample_t, sample_r = np.asarray(samples[0], np.float64), np.stack(samples[1:], dtype=np.float64)
         structured = t.structure is not None and all(p.structure is not None for p in rp)
         layers.append(
             LayerData(

@@ -131,8 +131,10 @@ class TensorPrint:
     digest: str
     stats: np.ndarray
     values: np.ndarray
-    """float64: exact values (flattened), or the CountSketch (dot products of these estimate the
-    true ones, without bias, for any structure of the weights)."""
+    """Exact values (flattened), or the CountSketch (dot products of these estimate the true ones,
+    without bias, for any structure of the weights). float64 when just made; float32 when read from
+    a file (which holds them in 16 bits: float32 keeps them exactly, in half the memory), so the
+    math converts to float64 before it multiplies."""
     sample: np.ndarray | None = None
     """Exact values at hash-chosen coordinates (sketched tensors)."""
     structure: np.ndarray | None = None

@@ -21,7 +21,6 @@ untrusted.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from sdforensics.fingerprint import (
     TensorPrint,
     scheme_from_json,
 )
-from sdforensics.readers.safetensors_reader import open_safetensors
+from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint, open_safetensors
 
 _LOSSLESS_16 = ("F16", "F8_E4M3", "F8_E5M2")
 """Source dtypes whose values float16 holds exactly: their exact values and samples are stored
@@ -114,7 +113,8 @@ def _scheme(raw: dict[str, Any], where: str) -> Scheme:
 
 
 def load_fingerprint(path: Path) -> Fingerprint:
-    """Read and validate a fingerprint file."""
+    """Read and validate a fingerprint file. Its arrays come back as float32 (which holds every
+    stored width exactly), 16-bit integers multiplied by their scale."""
     where = str(path)
     try:
         ckpt = open_safetensors(Path(path))
@@ -140,65 +140,125 @@ def load_fingerprint(path: Path) -> Fingerprint:
             index = json.loads(meta["index"])
         except (KeyError, ValueError) as err:
             raise FingerprintError(f"{where}: the fingerprint header is malformed ({err})") from err
-        arrays = {info.name: t.numpy() for info, t in ckpt.tensors()}
-    try:
-        store = {
-            (name, width): arrays[f"{name}_{width}"] if width == "i16" else arrays[f"{name}_{width}"].astype(np.float64)
-            for name in ("values", "samples", "structure")
-            for width in (("f32", "f16") if version == 1 else tuple(_WIDTHS))
+        infos = {info.name: info for info in ckpt.header.infos}
+        widths = ("f32", "f16") if version == 1 else tuple(_WIDTHS)
+        needed = [f"{name}_{width}" for name, _ in _SPANS for width in widths] + ["stats"]
+        missing = [name for name in needed if name not in infos]
+        if missing:
+            raise FingerprintError(
+                f"{where}: the fingerprint lacks the {missing[0]!r} array (a damaged file or another format "
+                "version); re-make it with 'sdf refs add'"
+            )
+        if not isinstance(identity, dict) or not isinstance(index, list) or infos["stats"].shape != (len(index), 8):
+            raise FingerprintError(f"{where}: the fingerprint index does not match its arrays")
+        rows = _rows(index, version, where)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 17
+        spans = {}
+        for array, at in _SPANS:
+            try:
+                spans[array] = _spans(array, cols[at : at + 4], {w: infos[f"{array}_{w}"].numel for w in widths})
+            except (TypeError, ValueError, OverflowError) as err:
+                raise FingerprintError(f"{where}: fingerprint index {err}") from err
+        scaled = {
+            f"{array}_i16": sorted((o, n, sc) for w, o, n, sc in zip(*spans[array], strict=True) if w == "i16" and n)
+            for array in spans
         }
-        stats = arrays["stats"].astype(np.float64)
-    except KeyError as err:
-        raise FingerprintError(
-            f"{where}: the fingerprint lacks the {err} array (a damaged file or another format version); "
-            "re-make it with 'sdf refs add'"
-        ) from err
-    if not isinstance(identity, dict) or not isinstance(index, list) or stats.shape != (len(index), 8):
-        raise FingerprintError(f"{where}: the fingerprint index does not match its arrays")
-
-    def span(array: str, width: Any, off: Any, n: Any, scale: Any = 1.0) -> np.ndarray | None:
-        data = store.get((array, width))
-        if data is None or type(off) is not int or type(n) is not int or off < 0 or n < 0:
-            raise ValueError(f"bad {array} span")
-        if off + n > len(data):
-            raise ValueError(f"{array} span outside the array")
-        if type(scale) not in (int, float) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"bad {array} scale")
-        if not n:
-            return None
-        if width == "i16":
-            return np.multiply(data[off : off + n], float(scale), dtype=np.float64)
-        return data[off : off + n]
-
-    fields = 14 if version == 1 else 17
-
-    empty = np.zeros(0)
-    prints: dict[str, TensorPrint] = {}
-    for i, row in enumerate(index):  # 1,131 rows per SD1.5 reference: kept to plain Python calls
+        for array, ints in scaled.items():  # one value cannot have two scales
+            if any(nxt[0] < off + n for (off, n, _), nxt in zip(ints, ints[1:], strict=False)):
+                raise FingerprintError(f"{where}: the fingerprint index has overlapping spans in {array}")
         try:
-            if type(row) is not list or len(row) != fields:
-                raise ValueError(f"{len(row) if type(row) is list else 'not a list of'} fields, not {fields}")
-            if version == 1:  # no scales: everything was stored in floats
-                row = row[:8] + [1.0] + row[8:11] + [1.0] + row[11:] + [1.0]
-            name, shape, dtype, kind, digest, vw, v_off, v_len, v_sc, sw, s_off, s_len, s_sc, gw, g_off, g_len, g_sc = (
-                row
-            )
-            if kind not in ("exact", "sketch"):
-                raise ValueError(f"unknown kind {kind!r}")
-            if type(shape) is not list or not all(type(d) is int for d in shape):
-                raise ValueError("bad shape")
-            vals = span("values", vw, v_off, v_len, v_sc)
-            prints[str(name)] = TensorPrint(
-                str(name),
-                tuple(shape),
-                str(dtype),
-                kind,
-                str(digest),
-                stats[i],
-                vals if vals is not None else empty,
-                span("samples", sw, s_off, s_len, s_sc),
-                span("structure", gw, g_off, g_len, g_sc),
-            )
-        except (TypeError, ValueError) as err:
-            raise FingerprintError(f"{where}: fingerprint index row {i} is malformed ({err})") from err
+            arrays = _read_arrays(ckpt, scaled)
+        except ValueError as err:
+            raise FingerprintError(f"{where}: the fingerprint is malformed ({err})") from err
+    views = [
+        [arrays[f"{array}_{w}"][o : o + n] if n else None for w, o, n, _ in zip(*spans[array], strict=True)]
+        for array, _ in _SPANS
+    ]
+    stats = arrays["stats"]
+    prints: dict[str, TensorPrint] = {}
+    for i, (name, shape, dtype, kind, digest) in enumerate(zip(*cols[:5], strict=True)):
+        vals = views[0][i]
+        prints[str(name)] = TensorPrint(
+            str(name), tuple(shape), str(dtype), kind, str(digest), stats[i],
+            vals if vals is not None else _EMPTY, views[1][i], views[2][i],
+        )  # fmt: skip
     return Fingerprint(scheme, identity, prints)
+
+
+_SPANS = (("values", 5), ("samples", 9), ("structure", 13))
+"""Where each array's span (width, offset, length, scale) starts in an index row."""
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I16": np.int16}
+_EMPTY = np.zeros(0, np.float32)
+_EMPTY.flags.writeable = False
+
+
+def _rows(index: list[Any], version: int, where: str) -> list[list[Any]]:
+    """The index rows, each checked for its field count, kind and shape (version 1 rows get the
+    scales they lack: 1.0, everything was stored in floats)."""
+    fields = 14 if version == 1 else 17
+    for i, row in enumerate(index):
+        problem = None
+        if type(row) is not list or len(row) != fields:
+            problem = f"{len(row) if type(row) is list else 'not a list of'} fields, not {fields}"
+        elif row[3] not in ("exact", "sketch"):
+            problem = f"unknown kind {row[3]!r}"
+        elif type(row[1]) is not list or not all(type(d) is int for d in row[1]):
+            problem = "bad shape"
+        if problem:
+            raise FingerprintError(f"{where}: fingerprint index row {i} is malformed ({problem})")
+    if version == 1:
+        return [row[:8] + [1.0] + row[8:11] + [1.0] + row[11:] + [1.0] for row in index]
+    return index
+
+
+def _integers(col: tuple[Any, ...]) -> np.ndarray:
+    arr = np.array(col)
+    if arr.shape != (len(col),) or (arr.size and arr.dtype.kind not in "iu"):
+        raise ValueError("has a span that is not whole numbers")
+    return arr.astype(np.int64)
+
+
+def _spans(
+    array: str, cols: list[tuple[Any, ...]], sizes: dict[str, int]
+) -> tuple[tuple[Any, ...], list[int], list[int], list[float]]:
+    """One array's (width, offset, length, scale) per index row, validated as columns (1,131 rows
+    per SD1.5 reference, 50 references per analysis) against the array sizes."""
+    widths, offs, lens, scales = cols
+    off, n = _integers(offs), _integers(lens)
+    scale = np.array(scales)
+    if scale.shape != (len(scales),) or (scale.size and scale.dtype.kind not in "iuf"):
+        raise ValueError(f"has a {array} scale that is not a number")
+    scale = scale.astype(np.float64)
+    size = np.array([sizes.get(w, -1) if type(w) is str else -1 for w in widths], np.int64)
+    bad = (off < 0) | (n < 0) | (off > size) | (n > size) | (off + n > size) | ~np.isfinite(scale) | (scale <= 0)
+    if bad.any():
+        raise ValueError(f"row {int(np.flatnonzero(bad)[0])} is malformed (bad {array} span or scale)")
+    return widths, off.tolist(), n.tolist(), scale.tolist()
+
+
+def _read_arrays(ckpt: SafetensorsCheckpoint, scaled: dict[str, list[tuple[int, int, float]]]) -> dict[str, np.ndarray]:
+    """Every array of a fingerprint file, converted straight off a memory map (no copy of the file):
+    float32 for the value arrays, each 16-bit integer span times its scale (``scaled``: sorted,
+    validated spans per array); float64 arrays (``stats``) as they are."""
+    out: dict[str, np.ndarray] = {}
+    with ckpt.mapped() as mapped:
+        for info, offset in zip(ckpt.header.infos, ckpt.header.offsets, strict=True):
+            kind = _NUMPY.get(info.dtype)
+            if kind is None:
+                raise ValueError(f"the array {info.name!r} is {info.dtype}")
+            raw = np.frombuffer(mapped.view, kind, info.numel, offset)
+            if kind == np.int16:
+                out[info.name] = _scaled(raw, scaled.get(info.name, []))
+            else:
+                out[info.name] = raw.astype(np.float64 if kind == np.float64 else np.float32).reshape(info.shape)
+            del raw  # the map closes only when no array uses it
+    return out
+
+
+def _scaled(raw: np.ndarray, spans: list[tuple[int, int, float]]) -> np.ndarray:
+    """16-bit integers as float32, each (validated, disjoint) span times its scale; values no span
+    covers are 0."""
+    out = np.zeros(len(raw), np.float32)
+    for off, n, scale in spans:
+        np.multiply(raw[off : off + n], scale, out=out[off : off + n], dtype=np.float32)
+    return out
