@@ -14,16 +14,11 @@ from typing import Any
 import numpy as np
 
 from sdforensics.analysis import Analysis, collect
-from sdforensics.compare import (
-    Similarity,
-    component_digests,
-    identical_components,
-    select_references,
-    similarity,
-)
+from sdforensics.compare import Similarity, identical_components, select_references
 from sdforensics.errors import SdfError
 from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
-from sdforensics.library import Reference, library_scheme, load_references, search_path
+from sdforensics.library import RefEntry, Reference, library_scheme, load_reference, reference_entries, search_path
+from sdforensics.library_compare import compare_with_library
 from sdforensics.passes import Progress
 from sdforensics.readers.base import Checkpoint
 from sdforensics.runtime import torch_threads
@@ -106,20 +101,15 @@ def _match_json(m: Any) -> dict[str, Any]:
 
 
 def pick_base(refs: list[Reference], family: str | None) -> int | None:
+    """Index of the family's official base among ``refs`` (None: there is none)."""
     for i, r in enumerate(refs):
         if r.entry.official and r.entry.family == family:
             return i
     return None
 
 
-def compatible(target: Fingerprint, refs: list[Reference]) -> list[Reference]:
-    """References made with the same scheme and width as the target (LoRAs are full width)."""
-    w = target.identity.get("width_factor")
-    return [
-        r
-        for r in refs
-        if r.fingerprint.scheme == target.scheme and r.fingerprint.identity.get("width_factor", 1) == w
-    ]
+def _entry(entries: list[RefEntry], name: str) -> RefEntry:
+    return next(e for e in entries if e.name == name)
 
 
 def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
@@ -206,33 +196,31 @@ def analyze(
     analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
     extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
     family = analysis.architecture.family
-    same_family = load_references(search_path(library), family) if family else []
-    found = compatible(fp, same_family)
-    refs = [r for r in found if r.fingerprint.identity.get("kind") != "lora"]
-    loras = [r for r in found if r.fingerprint.identity.get("kind") == "lora"]
-    kept = {r.name for r in found}
-    skipped = [r.name for r in same_family if r.name not in kept]
-    extras["library"] = {
-        "searched": [str(p) for p in search_path(library)],
-        "references": len(refs),
-        "loras": len(loras),
-        "skipped": skipped,
-    }
-    if refs:
+    entries = reference_entries(search_path(library), family) if family else []
+    found = None
+    if entries:
         arch = architecture(analysis.architecture.name or family or "")
         blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
-        comp_of: dict[str, str | None] = {}
-        ref_hashes = [(r.name, component_digests(r.fingerprint, arch, comp_of)) for r in refs]
-        extras["identical"] = identical_components(analysis.identity.component_hashes, ref_hashes)
-        base = pick_base(refs, family)
-        sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)
+        found = compare_with_library(fp, entries, family, arch, blocks, keep=MAX_CANDIDATES - 1)
+    skipped = found.skipped if found else []
+    extras["library"] = {
+        "searched": [str(p) for p in search_path(library)],
+        "references": len(found.component_hashes) if found else 0,
+        "loras": len(found.loras) if found else 0,
+        "skipped": skipped,
+    }
+    sim = found.similarity if found else None
+    if found is not None and sim is not None:
+        extras["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
         extras["similarity"] = similarity_json(sim)
+        base = found.base
         chosen = candidates(sim, base)
-        if len(chosen) < len(refs):
+        names = [sim.references[i] for i in chosen]  # loaded unless a library mixes layouts: then read again
+        refs = [found.loaded.get(n) or load_reference(_entry(entries, n)) for n in names]
+        if len(chosen) < len(sim.references):
             sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
             base = chosen.index(base) if base is not None else None
-            refs = [refs[i] for i in chosen]
-        recipe = estimate(fp, refs, base, sim, loras)
+        recipe = estimate(fp, refs, base, sim, found.loras)
         if recipe is not None:
             extras["recipe"], extras["summary"], extras["_estimate"] = recipe
     else:

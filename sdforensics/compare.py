@@ -115,35 +115,74 @@ def model_vector(fp: Fingerprint, layers: Sequence[LayerRow]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def similarity(
-    target: Fingerprint,
-    refs: Sequence[Fingerprint],
-    names: Sequence[str],
-    base: int | None,
-    arch: Architecture,
-    blocks: BlockMap,
-) -> Similarity:
-    """Per-layer / per-block delta and raw cosines of ``target`` against ``refs``."""
-    layers = common_layers(target, refs, arch, blocks)
+@dataclass(frozen=True)
+class LayerTerms:
+    """The per-layer sums :class:`Similarity` is made of, for some references (columns). Each
+    column depends only on the target, the base and that reference, so the terms of references
+    taken a few at a time can be joined (:func:`join_terms`)."""
+
+    layers: tuple[LayerRow, ...]
+    ldot: np.ndarray
+    """(n_layers, n_refs) <r - b, t - b>; ``lnt`` (n_layers) |t - b|^2; ``lnr`` |r - b|^2."""
+    lnt: np.ndarray
+    lnr: np.ndarray
+    rdot: np.ndarray
+    """The same for the raw weights: <r, t>, |t|^2 (``rnt``), |r|^2 (``rnr``)."""
+    rnt: np.ndarray
+    rnr: np.ndarray
+
+
+def layer_terms(
+    target: Fingerprint, refs: Sequence[Fingerprint], base: int | None, layers: Sequence[LayerRow]
+) -> LayerTerms:
+    """The per-layer sums for ``refs`` over ``layers`` (delta terms only when ``base`` is given).
+
+    Raw dot products with the target and the base and squared norms are summed per layer (each
+    estimate weighted); the delta terms follow by expanding <r - b, t - b>, which is linear in the
+    weights. float64 throughout: the cancellation error is ~1e-16 of the raw products, far below
+    any delta a file can hold, and an unchanged layer is set back to exactly 0."""
     n, m = len(layers), len(refs)
-    ldot, lnt, lnr = np.zeros((n, m)), np.zeros(n), np.zeros((n, m))
-    rdot, rnt, rnr = np.zeros((n, m)), np.zeros(n), np.zeros((n, m))
+    rt, rb, rr, tt = np.zeros((n, m)), np.zeros((n, m)), np.zeros((n, m)), np.zeros(n)
     for i, row in enumerate(layers):
         for weight, t, stack in _estimators(target.tensors[row.key], [r.tensors[row.key] for r in refs]):
-            # two passes over the references: dots with the target and the base, and squared norms;
-            # the delta terms follow by expanding <r - b, t - b> (float64: the cancellation error is
-            # ~1e-16 of the raw products, far below any delta a file can hold)
             tb = stack @ np.stack([t, stack[base] if base is not None else t], axis=1)
-            rr = np.einsum("ij,ij->i", stack, stack)
-            tt = float(t @ t)
-            rdot[i] += weight * tb[:, 0]
-            rnt[i] += weight * tt
-            rnr[i] += weight * rr
-            if base is not None:
-                bt, bb = float(tb[base, 0]), float(rr[base])
-                ldot[i] += weight * _no_cancellation_noise(tb[:, 0] - tb[:, 1] - bt + bb, rr)
-                lnt[i] += weight * float(_no_cancellation_noise(tt - 2.0 * bt + bb, tt))
-                lnr[i] += weight * _no_cancellation_noise(rr - 2.0 * tb[:, 1] + bb, rr)
+            rt[i] += weight * tb[:, 0]
+            rb[i] += weight * tb[:, 1]
+            rr[i] += weight * np.einsum("ij,ij->i", stack, stack)
+            tt[i] += weight * float(t @ t)
+    if base is None:
+        zero = np.zeros((n, m))
+        return LayerTerms(tuple(layers), zero, np.zeros(n), zero, rt, tt, rr)
+    bt, bb = rt[:, base : base + 1], rr[:, base : base + 1]
+    ldot = _no_cancellation_noise(rt - rb - bt + bb, rr)
+    lnt = _no_cancellation_noise(tt - 2.0 * bt[:, 0] + bb[:, 0], tt)
+    lnr = _no_cancellation_noise(rr - 2.0 * rb + bb, rr)
+    return LayerTerms(tuple(layers), ldot, lnt, lnr, rt, tt, rr)
+
+
+def join_terms(parts: Sequence[tuple[LayerTerms, Sequence[int]]], layers: Sequence[LayerRow]) -> LayerTerms:
+    """One :class:`LayerTerms` from several, over ``layers`` (which every part must cover): the
+    columns each part's index list names, in order. The target's terms come from the first part."""
+    rows = [{row.key: i for i, row in enumerate(terms.layers)} for terms, _ in parts]
+    pick = [[r[row.key] for row in layers] for r in rows]
+
+    def cols(name: str) -> np.ndarray:
+        blocks = [getattr(terms, name)[np.ix_(p, list(c))] for (terms, c), p in zip(parts, pick, strict=True)]
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(layers), 0))
+
+    first, p0 = parts[0][0], pick[0]
+    return LayerTerms(
+        tuple(layers), cols("ldot"), first.lnt[p0], cols("lnr"), cols("rdot"), first.rnt[p0], cols("rnr")
+    )
+
+
+def similarity_from_terms(
+    terms: LayerTerms, names: Sequence[str], base: int | None, blocks: BlockMap
+) -> Similarity:
+    """Per-layer / per-block / overall cosines from the per-layer sums."""
+    layers = terms.layers
+    n, m = len(layers), len(names)
+    ldot, lnt, lnr, rdot, rnt, rnr = terms.ldot, terms.lnt, terms.lnr, terms.rdot, terms.rnt, terms.rnr
     block_ids = [b for b in blocks.ids if any(r.block == b for r in layers)]
     idx = {b: i for i, b in enumerate(block_ids)}
     member = np.zeros((len(block_ids), n))
@@ -172,14 +211,27 @@ def similarity(
     )
 
 
+def similarity(
+    target: Fingerprint,
+    refs: Sequence[Fingerprint],
+    names: Sequence[str],
+    base: int | None,
+    arch: Architecture,
+    blocks: BlockMap,
+) -> Similarity:
+    """Per-layer / per-block delta and raw cosines of ``target`` against ``refs``."""
+    layers = common_layers(target, refs, arch, blocks)
+    return similarity_from_terms(layer_terms(target, refs, base, layers), names, base, blocks)
+
+
 def select_references(
-    sim: Similarity, target: Fingerprint, refs: Sequence[Fingerprint], chosen: Sequence[int], base: int | None,
+    sim: Similarity, target: Fingerprint, subset: Sequence[Fingerprint], chosen: Sequence[int], base: int | None,
     arch: Architecture, blocks: BlockMap,
 ) -> Similarity:
-    """``sim`` restricted to the references ``chosen`` (indices into ``refs``, the references ``sim``
-    was computed with). Every cosine is per reference, so this is a column selection, unless the
-    chosen references share more layers than all of them did; then it is computed again."""
-    subset = [refs[i] for i in chosen]
+    """``sim`` restricted to the references ``chosen`` (indices into ``sim.references``), whose
+    fingerprints ``subset`` holds in that order. Every cosine is per reference, so this is a column
+    selection, unless the chosen references share more layers than all of them did; then it is
+    computed again."""
     names = [sim.references[i] for i in chosen]
     new_base = chosen.index(base) if base is not None else None
     if tuple(common_layers(target, subset, arch, blocks)) != sim.layers:

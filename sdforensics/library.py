@@ -213,19 +213,29 @@ class Reference:
         return self.entry.name
 
 
-def load_references(folders: list[Path], family: str | None = None) -> list[Reference]:
-    """Every reference in ``folders`` (first folder wins on a name clash), optionally one family."""
+def reference_entries(folders: list[Path], family: str | None = None) -> list[RefEntry]:
+    """Every reference's index entry in ``folders`` (first folder wins on a name clash), optionally
+    one family; nothing is loaded."""
     seen: set[str] = set()
     out = []
-    with _collector_paused():
-        for folder in folders:
-            lib = Library(folder)
-            for entry in lib.entries:
-                if entry.name in seen or (family is not None and entry.family != family):
-                    continue
-                seen.add(entry.name)
-                out.append(Reference(entry, load_fingerprint(entry.path)))
+    for folder in folders:
+        for entry in Library(folder).entries:
+            if entry.name in seen or (family is not None and entry.family != family):
+                continue
+            seen.add(entry.name)
+            out.append(entry)
     return out
+
+
+def load_reference(entry: RefEntry) -> Reference:
+    with _collector_paused():
+        return Reference(entry, load_fingerprint(entry.path))
+
+
+def load_references(folders: list[Path], family: str | None = None) -> list[Reference]:
+    """Every reference in ``folders`` (first folder wins on a name clash), optionally one family."""
+    with _collector_paused():
+        return [Reference(e, load_fingerprint(e.path)) for e in reference_entries(folders, family)]
 
 
 @contextlib.contextmanager
@@ -266,7 +276,9 @@ __all__ = [
     "Library",
     "RefEntry",
     "Reference",
+    "load_reference",
     "load_references",
+    "reference_entries",
     "search_path",
     "user_library",
     "save_fingerprint",

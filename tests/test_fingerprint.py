@@ -261,7 +261,7 @@ def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: 
     arch, blocks = architecture("sd1"), block_maps()["sd1"]
     full = similarity(target, prints, names, 0, arch, blocks)
     chosen = [4, 0, 2]
-    picked = select_references(full, target, prints, chosen, 0, arch, blocks)
+    picked = select_references(full, target, [prints[i] for i in chosen], chosen, 0, arch, blocks)
     fresh = similarity(target, [prints[i] for i in chosen], [names[i] for i in chosen], 1, arch, blocks)
     assert picked.references == ("ft6", "base", "ft2") and picked.base == "base"
     for field in ("layer_delta", "layer_raw", "block_delta", "block_raw", "overall_delta", "overall_raw"):
