@@ -104,12 +104,25 @@ def lora_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _identical_lines(identical: dict[str, str | None] | None) -> list[str]:
+    """Components whose content equals a library reference's (any dtype: the hash is of fp16 values)."""
+    same = {c: r for c, r in (identical or {}).items() if r}
+    if not same:
+        return []
+    names = set(same.values())
+    if len(same) == len(identical or {}) and len(names) == 1:
+        return [f"  identical to {printable(names.pop(), 80)}: every component holds the same weights"]
+    shown = ", ".join(f"{c.replace('_', ' ')} = {printable(r, 80)}" for c, r in same.items())
+    return [f"  identical {shown}"]
+
+
 def analysis_to_text(a: Analysis) -> str:
     lines = identity_lines(a)
     if a.extras.get("lora"):
         lines = [ln for ln in lines if not ln.startswith("  what ")]
         lines[1:1] = lora_lines(a.extras["lora"])
     lines += _registry_lines(a.extras.get("registry"))
+    lines += _identical_lines(a.extras.get("identical"))
     for key in ("summary",):
         for line in a.extras.get(key) or []:
             lines.append(f"  {line}")

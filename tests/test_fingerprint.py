@@ -157,6 +157,10 @@ def test_identical_components_and_bf16_resave_against_library(family: dict[str, 
     doc = json.loads(sdf("analyze", swap, "-f", "json", "--library", library).stdout)
     assert doc["identical"] == {"unet": "ft2", "text_encoder": "ft3", "vae": "ft4"}
     assert doc["recipe"]["kind"] == "component_swap"
+    text = sdf("analyze", swap, "--library", library).stdout
+    assert "identical unet = ft2, text encoder = ft3, vae = ft4" in text
+    text = sdf("analyze", family["ft1"], "--library", library).stdout
+    assert "identical to ft1: every component holds the same weights" in text
     bf = write_safetensors(s["ft5"], tmp_path / "ft5-bf16.safetensors", dtype=torch.bfloat16)
     doc = json.loads(sdf("analyze", bf, "-f", "json", "--library", library).stdout)
     comps = {c["reference"]: c["weight"] for c in doc["recipe"]["components"]}
