@@ -174,7 +174,7 @@ def load_fingerprint(path: Path) -> Fingerprint:
         [arrays[f"{array}_{w}"][o : o + n] if n else None for w, o, n, _ in zip(*spans[array], strict=True)]
         for array, _ in _SPANS
     ]
-    stats = arrays["stats"]
+    stats = arrays["stats"].astype(np.float64, copy=False)
     prints: dict[str, TensorPrint] = {}
     for i, (name, shape, dtype, kind, digest) in enumerate(zip(*cols[:5], strict=True)):
         vals = views[0][i]
