@@ -183,8 +183,10 @@ def analyze(
     device: str = "auto",
     progress: Progress | None = None,
     registry_dirs: list[Path] | None = None,
+    library_progress: Progress | None = None,
 ) -> Analysis:
-    """Fingerprint ``path``, compare it with the reference library, estimate its recipe."""
+    """Fingerprint ``path``, compare it with the reference library, estimate its recipe.
+    ``progress``: bytes of the model read; ``library_progress``: bytes of fingerprints compared."""
     ckpt = _open_model(path)
     if ckpt is None:
         return describe_lora_file(path, progress)
@@ -201,7 +203,7 @@ def analyze(
     if entries:
         arch = architecture(analysis.architecture.name or family or "")
         blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
-        found = compare_with_library(fp, entries, family, arch, blocks, keep=MAX_CANDIDATES - 1)
+        found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, library_progress)
     skipped = found.skipped if found else []
     extras["library"] = {
         "searched": [str(p) for p in search_path(library)],

@@ -121,15 +121,20 @@ def analyze(
     from sdforensics.api import identify
 
     bar = _bar("analyze", quiet)
+    compare_bar = _bar("compare", quiet)
 
     def go() -> Any:
         if identity:
             return identify(model, progress=bar, registry_dirs=registry)
-        return do_analyze(model, library=library, device=device.value, progress=bar, registry_dirs=registry)
+        return do_analyze(
+            model, library=library, device=device.value, progress=bar, registry_dirs=registry,
+            library_progress=compare_bar,
+        )  # fmt: skip
 
     def render() -> str:
         result = go()
         bar.close()
+        compare_bar.close()
         if format is Format.json:
             return json.dumps(result.to_json(), indent=1, default=str)
         if format is Format.html:

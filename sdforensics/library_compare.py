@@ -27,6 +27,7 @@ from sdforensics.compare import (
 )
 from sdforensics.fingerprint import Fingerprint
 from sdforensics.library import RefEntry, Reference, load_reference
+from sdforensics.passes import Progress
 from sdforensics.tables import Architecture, BlockMap
 
 BATCH = 16
@@ -69,15 +70,28 @@ def compare_with_library(
     arch: Architecture,
     blocks: BlockMap,
     keep: int,
+    progress: Progress | None = None,
 ) -> LibraryComparison:
-    """Compare ``target`` with the references ``entries`` (see the module docstring)."""
+    """Compare ``target`` with the references ``entries`` (see the module docstring).
+    ``progress(done, total)``: bytes of fingerprint files read so far."""
+    sizes = {e.name: _size(e) for e in entries}
+    total, done = sum(sizes.values()), 0
+
+    def read(entry: RefEntry) -> Reference:
+        nonlocal done
+        ref = load_reference(entry)
+        done = min(total, done + sizes[entry.name])
+        if progress is not None:
+            progress(done, total)
+        return ref
+
     comp_of: dict[str, str | None] = {}
     skipped: list[str] = []
     loras: list[Reference] = []
     base: Reference | None = None
     for entry in entries:  # the family base first: every batch is compared against it
         if entry.official and entry.family == family:
-            ref = load_reference(entry)
+            ref = read(entry)
             if usable(target, ref.fingerprint) and not is_lora(ref):
                 base = ref
                 break
@@ -93,7 +107,7 @@ def compare_with_library(
     for start in range(0, len(pending), BATCH):
         batch: list[Reference] = []
         for entry in pending[start : start + BATCH]:
-            ref = load_reference(entry)
+            ref = read(entry)
             if not usable(target, ref.fingerprint):
                 skipped.append(entry.name)
             elif is_lora(ref):
@@ -145,6 +159,13 @@ def compare_with_library(
     base_at = order.index(base.name)
     sim = similarity_from_terms(joined, order, base_at, blocks)
     return LibraryComparison(sim, base_at, [(n, hashes[n]) for n in order], loaded, loras, skipped)
+
+
+def _size(entry: RefEntry) -> int:
+    try:
+        return entry.path.stat().st_size
+    except OSError:  # reading it will say what is wrong
+        return 0
 
 
 def _overall(terms: LayerTerms) -> np.ndarray:

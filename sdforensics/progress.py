@@ -15,20 +15,23 @@ class ProgressBar:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label
         self._last = 0.0
-        self._start = time.monotonic()
+        self._start: float | None = None  # the clock starts at the first report, not at creation
         self._drawn = False
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
+        if self._start is None:
+            self._start = now
         if now - self._last < 0.1 and done < total:
             return
         self._last = now
         frac = min(done / total, 1.0) if total else 1.0
         bar = "#" * int(frac * 30)
-        rate = done / max(now - self._start, 1e-6) / 1e6
-        self.stream.write(f"\r{self.label} [{bar:<30}] {frac:4.0%} {rate:7.0f} MB/s")
+        elapsed = now - self._start
+        rate = f"{done / elapsed / 1e6:7.0f} MB/s" if elapsed >= 0.2 else " " * 12  # no rate from an instant
+        self.stream.write(f"\r{self.label} [{bar:<30}] {frac:4.0%} {rate}")
         self.stream.flush()
         self._drawn = True
 

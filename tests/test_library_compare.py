@@ -74,5 +74,31 @@ def test_batches_give_the_same_similarity_as_one_pass(
         )
     pointing = {n for j, n in enumerate(names) if abs(np.nan_to_num(once.overall_delta[j])) >= 0.02}
     assert "ft1" in pointing and set(found.loaded) == pointing | {"base"}
-    few = library_compare.compare_with_library(target, entries, "sd1", arch, blocks, keep=1)
+    seen: list[tuple[int, int]] = []
+    few = library_compare.compare_with_library(
+        target, entries, "sd1", arch, blocks, keep=1, progress=lambda done, total: seen.append((done, total))
+    )
     assert set(few.loaded) == {"base", "ft1"}  # only the most similar stays beside the base
+    total = sum(e.path.stat().st_size for e in entries)  # progress: bytes of fingerprints read, to the end
+    assert len(seen) == 20 and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_progress_bar_rate_starts_at_the_first_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar made before a long first phase (the compare bar waits for the fingerprint pass) shows
+    no made-up rate: none from an instant, then bytes over the time since its first report."""
+    import io
+
+    from sdforensics import progress
+
+    clock = iter([100.0, 100.05, 102.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    bar = progress.ProgressBar("compare", enabled=True, stream=out)
+    bar(10_000_000, 40_000_000)
+    assert out.getvalue().endswith("25%" + " " * 13)  # no rate yet
+    bar(20_000_000, 40_000_000)  # 0.05 s later: drawn at most ~10 times a second, so skipped
+    bar(40_000_000, 40_000_000)
+    assert out.getvalue().endswith("100%      20 MB/s")
+    bar.close()
+    assert out.getvalue().endswith("\r")
