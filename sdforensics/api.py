@@ -21,7 +21,7 @@ from sdforensics.library import RefEntry, Reference, library_scheme, load_refere
 from sdforensics.library_compare import compare_with_library
 from sdforensics.passes import Progress
 from sdforensics.readers.base import Checkpoint
-from sdforensics.runtime import torch_threads
+from sdforensics.runtime import blas_threads, torch_threads
 from sdforensics.tables import architecture, block_maps
 
 
@@ -203,7 +203,8 @@ def analyze(
     if entries:
         arch = architecture(analysis.architecture.name or family or "")
         blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
-        found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, library_progress)
+        with blas_threads(1):
+            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, library_progress)
     skipped = found.skipped if found else []
     extras["library"] = {
         "searched": [str(p) for p in search_path(library)],
