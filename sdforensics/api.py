@@ -212,8 +212,8 @@ def analyze(
         "loras": len(found.loras) if found else 0,
         "skipped": skipped,
     }
-    sim = found.similarity if found else None
-    if found is not None and sim is not None:
+    if found is not None and found.similarity is not None:
+        sim = found.similarity
         extras["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
         extras["similarity"] = similarity_json(sim)
         base = found.base

@@ -160,20 +160,37 @@ def layer_terms(
     return LayerTerms(tuple(layers), ldot, lnt, lnr, rt, tt, rr)
 
 
-def join_terms(parts: Sequence[tuple[LayerTerms, Sequence[int]]], layers: Sequence[LayerRow]) -> LayerTerms:
-    """One :class:`LayerTerms` from several, over ``layers`` (which every part must cover): the
-    columns each part's index list names, in order. The target's terms come from the first part."""
-    rows = [{row.key: i for i, row in enumerate(terms.layers)} for terms, _ in parts]
-    pick = [[r[row.key] for row in layers] for r in rows]
+def join_terms(
+    parts: Sequence[tuple[LayerTerms, Sequence[str]]], layers: Sequence[LayerRow], names: Sequence[str]
+) -> LayerTerms:
+    """One :class:`LayerTerms` from several, over ``layers`` (which every part must cover), with a
+    column per name in ``names``: each part comes with its columns' names, and a name several parts
+    have (the base, compared in each) is taken from the first. The target's terms come from the
+    first part."""
+    where: dict[str, tuple[int, int]] = {}
+    for k, (_, cols) in enumerate(parts):
+        for j, name in enumerate(cols):
+            where.setdefault(name, (k, j))
+    at = [{row.key: i for i, row in enumerate(terms.layers)} for terms, _ in parts]
+    rows = [[a[row.key] for row in layers] for a in at]
 
-    def cols(name: str) -> np.ndarray:
-        blocks = [getattr(terms, name)[np.ix_(p, list(c))] for (terms, c), p in zip(parts, pick, strict=True)]
-        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(layers), 0))
+    def column(field: str, name: str) -> np.ndarray:
+        k, j = where[name]
+        return getattr(parts[k][0], field)[rows[k], j]
 
-    first, p0 = parts[0][0], pick[0]
+    def matrix(field: str) -> np.ndarray:
+        return np.stack([column(field, n) for n in names], axis=1) if names else np.zeros((len(layers), 0))
+
+    first = parts[0][0]
     return LayerTerms(
-        tuple(layers), cols("ldot"), first.lnt[p0], cols("lnr"), cols("rdot"), first.rnt[p0], cols("rnr")
-    )
+        tuple(layers), matrix("ldot"), first.lnt[rows[0]], matrix("lnr"), matrix("rdot"), first.rnt[rows[0]],
+        matrix("rnr"),
+    )  # fmt: skip
+
+
+def overall_delta(terms: LayerTerms) -> np.ndarray:
+    """Each reference's delta cosine over all the layers of ``terms``."""
+    return _cos(terms.ldot.sum(0), terms.lnt.sum(), terms.lnr.sum(0))
 
 
 def similarity_from_terms(
@@ -195,7 +212,7 @@ def similarity_from_terms(
         if base is not None
         else np.full((len(block_ids), m), np.nan)
     )
-    overall_delta = _cos(ldot.sum(0), lnt.sum(), lnr.sum(0)) if base is not None else np.full(m, np.nan)
+    overall = overall_delta(terms) if base is not None else np.full(m, np.nan)
     return Similarity(
         references=tuple(names),
         base=names[base] if base is not None else None,
@@ -205,7 +222,7 @@ def similarity_from_terms(
         layer_raw=_cos(rdot, rnt[:, None], rnr),
         block_delta=block_delta,
         block_raw=_cos(member @ rdot, (member @ rnt)[:, None], member @ rnr),
-        overall_delta=overall_delta,
+        overall_delta=overall,
         overall_raw=_cos(rdot.sum(0), rnt.sum(), rnr.sum(0)),
         convention=blocks.convention,
     )

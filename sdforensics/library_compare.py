@@ -22,6 +22,7 @@ from sdforensics.compare import (
     component_digests,
     join_terms,
     layer_terms,
+    overall_delta,
     similarity,
     similarity_from_terms,
 )
@@ -97,8 +98,7 @@ def compare_with_library(
                 break
     order: list[str] = []  # usable model references, library order
     hashes: dict[str, dict[str, str]] = {}
-    parts: list[tuple[LayerTerms, list[int]]] = []
-    columns: list[str] = []
+    parts: list[tuple[LayerTerms, list[str]]] = []
     loaded: dict[str, Reference] = {}
     pointing: dict[str, float] = {}
     if base is not None:
@@ -124,10 +124,8 @@ def compare_with_library(
         refs = [base, *batch]
         prints = [r.fingerprint for r in refs]
         terms = layer_terms(target, prints, 0, common_layers(target, prints, arch, blocks))
-        first = not parts
-        parts.append((terms, list(range(0 if first else 1, len(refs)))))
-        columns += [r.name for r in (refs if first else batch)]
-        cos = _overall(terms)
+        parts.append((terms, [r.name for r in refs]))
+        cos = np.nan_to_num(overall_delta(terms), nan=0.0)
         for j, ref in enumerate(batch, start=1):
             if abs(cos[j]) >= POINTING:
                 loaded[ref.name] = ref
@@ -146,18 +144,11 @@ def compare_with_library(
         return LibraryComparison(sim, None, [(n, hashes[n]) for n in order], loaded, loras, skipped)
     if not parts:  # the base alone
         terms = layer_terms(target, [base.fingerprint], 0, common_layers(target, [base.fingerprint], arch, blocks))
-        parts.append((terms, [0]))
-        columns.append(base.name)
+        parts.append((terms, [base.name]))
     shared = set.intersection(*({row.key for row in terms.layers} for terms, _ in parts))
     layers = [row for row in parts[0][0].layers if row.key in shared]
-    joined = join_terms(parts, layers)
-    perm = [columns.index(n) for n in order]
-    joined = LayerTerms(
-        joined.layers, joined.ldot[:, perm], joined.lnt, joined.lnr[:, perm],
-        joined.rdot[:, perm], joined.rnt, joined.rnr[:, perm],
-    )  # fmt: skip
     base_at = order.index(base.name)
-    sim = similarity_from_terms(joined, order, base_at, blocks)
+    sim = similarity_from_terms(join_terms(parts, layers, order), order, base_at, blocks)
     return LibraryComparison(sim, base_at, [(n, hashes[n]) for n in order], loaded, loras, skipped)
 
 
@@ -166,11 +157,6 @@ def _size(entry: RefEntry) -> int:
         return entry.path.stat().st_size
     except OSError:  # reading it will say what is wrong
         return 0
-
-
-def _overall(terms: LayerTerms) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(terms.ldot.sum(0) / np.sqrt(terms.lnt.sum() * terms.lnr.sum(0)), nan=0.0)
 
 
 def _trim(loaded: dict[str, Reference], pointing: dict[str, float], keep: int) -> None:
