@@ -24,11 +24,12 @@ from sdforensics.errors import LibraryError
 from sdforensics.fingerprint import Fingerprint, Scheme, scheme_from_json
 from sdforensics.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.manifest import verify_manifest, write_manifest
+from sdforensics.shipped import shipped_registry_dir
 
 INDEX = "library.json"
 LIB_FORMAT = "sdforensics.library"
 LIB_VERSION = 1
-SHIPPED = Path(__file__).resolve().parent.parent / "reference_hashes"
+SHIPPED = shipped_registry_dir()
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 from sdforensics.errors import LibraryError
 from sdforensics.manifest import write_manifest
+from sdforensics.shipped import shipped_registry_dir
 
 SCHEMA = "sdforensics.known_models/1"
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
@@ -61,7 +62,7 @@ LEGACY_CSV_SOURCE = (
 KNOWN_MODELS_JSON = "known_models.json"
 LEGACY_CSV = "legacy_hashes.csv"
 LEGACY_LICENSE = "LICENSE-model-keyword.txt"
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "reference_hashes"
+SHIPPED_DIR = shipped_registry_dir()
 """The registry shipped with the source tree (``reference_hashes/``)."""
 
 _FIELDS = ("name", "family", "kind", "file", "bytes", "sha256", "autov2", "legacy_hash", "source",

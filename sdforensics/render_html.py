@@ -113,6 +113,12 @@ def _summary_items(a: Analysis, doc: dict[str, Any]) -> list[str]:
     size = f", {human_size(a.hashes.bytes)}" if a.hashes else ""
     items.append(f"<b>What it is:</b> {_e(arch.label)}{_e(variant)} checkpoint ({_e(comps)}){size}, "
                  f"{_e(a.layout.format.container)}.")
+    if isinstance(doc.get("lora"), dict):  # a LoRA file: the same lines as the text report
+        from sdforensics.render_text import lora_lines
+
+        for line in lora_lines(doc["lora"]):
+            label, _, rest = line.strip().partition(" ")
+            items.append(f"<b>{_e(label.capitalize())}:</b> {_e(rest.strip(), 1000)}")
     for m in doc.get("registry") or []:
         if m.get("strength") == "exact":
             items.append(f"<b>Known model:</b> {_e(m.get('name'))} (exact {_e(m.get('how'))} match; "

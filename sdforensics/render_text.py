@@ -79,16 +79,38 @@ def _registry_lines(reg: Any) -> list[str]:
     return out
 
 
+def _counts(value: Any) -> list[tuple[str, int | None]]:
+    """``{"4": 96, "8": 32}`` (value -> layers, as :func:`lora.describe_lora` gives) or a plain list."""
+    if isinstance(value, dict):
+        return [(printable(str(k), 20), int(n)) for k, n in value.items()]
+    return [(printable(str(v), 20), None) for v in value or []]
+
+
+def _count_text(counts: list[tuple[str, int | None]], limit: int) -> str:
+    shown = ", ".join(v if n is None or len(counts) == 1 else f"{v} ({n} layer{'s' * (n != 1)})"
+                      for v, n in counts[:limit])
+    return shown + (f", ... ({len(counts) - limit} more)" if len(counts) > limit else "")
+
+
+def _algorithms(info: dict[str, Any]) -> str:
+    """`` (LoHa, LoKr)`` when the file holds more than plain low-rank pairs."""
+    algos = [str(a) for a in info.get("algorithms") or []]
+    if not algos or algos == ["lora"]:
+        return ""
+    names = {"loha": "LoHa", "lokr": "LoKr", "lora": "LoRA", "lora+dora": "DoRA"}
+    return " (" + ", ".join(printable(names.get(a, a), 20) for a in algos) + ")"
+
+
 def lora_lines(info: dict[str, Any]) -> list[str]:
     """A LoRA file in a few lines: for what, how big, what it touches, how it was trained."""
     fam = info.get("family") or "no known architecture"
-    ranks = info.get("ranks") or []
+    ranks = _counts(info.get("ranks"))
     rank = info.get("rank")
-    alphas = info.get("alphas") or []
+    alphas = _counts(info.get("alphas"))
     lines = [
-        f"  lora     {printable(str(info.get('format')), 60)} LoRA for {fam}; rank {rank}"
-        + (f" (ranks {', '.join(map(str, ranks[:6]))})" if len(ranks) > 1 else "")
-        + (f", alpha {', '.join(f'{a:g}' for a in alphas[:4])}" if alphas else ""),
+        f"  lora     {printable(str(info.get('format')), 60)} LoRA{_algorithms(info)} for {fam}; rank {rank}"
+        + (f" (ranks {_count_text(ranks, 6)})" if len(ranks) > 1 else "")
+        + (f", alpha {_count_text(alphas, 4)}" if alphas else ""),
         f"  targets  {info.get('mapped_layers')} of {info.get('layers')} layers mapped; components "
         f"{', '.join(info.get('components') or [])}",
     ]
