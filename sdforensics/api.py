@@ -21,6 +21,7 @@ from sdforensics.library import RefEntry, Reference, library_scheme, load_refere
 from sdforensics.library_compare import compare_with_library
 from sdforensics.passes import Progress
 from sdforensics.readers.base import Checkpoint
+from sdforensics.refcheck import changed_references, empty_library_summary
 from sdforensics.runtime import blas_threads, torch_threads
 from sdforensics.tables import architecture, block_maps
 
@@ -199,6 +200,7 @@ def analyze(
     extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
     family = analysis.architecture.family
     entries = reference_entries(search_path(library), family) if family else []
+    entries, changed = changed_references(entries)
     found = None
     if entries:
         arch = architecture(analysis.architecture.name or family or "")
@@ -211,6 +213,7 @@ def analyze(
         "references": len(found.component_hashes) if found else 0,
         "loras": len(found.loras) if found else 0,
         "skipped": skipped,
+        "changed": changed,
     }
     if found is not None and found.similarity is not None:
         sim = found.similarity
@@ -227,15 +230,16 @@ def analyze(
         if recipe is not None:
             extras["recipe"], extras["summary"], extras["_estimate"] = recipe
     else:
-        extras["summary"] = (
-            ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
-        )
+        extras["summary"] = empty_library_summary(search_path(library), family, analysis.architecture.label)
     if skipped:
+        shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
         extras["summary"] = [
             *extras.get("summary", []),
-            f"{len(skipped)} references were left out: made at another width or with another fingerprint "
-            "scheme; re-add them with 'sdf refs add'",
+            f"{len(skipped)} reference{'s were' if len(skipped) != 1 else ' was'} left out ({shown}): made at "
+            "another width or with another fingerprint scheme; re-add them with 'sdf refs add'",
         ]
+    if changed:
+        extras["summary"] = [*extras.get("summary", []), *(f"left out {line}" for line in changed)]
     return replace(analysis, extras=extras)
 
 

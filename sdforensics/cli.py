@@ -16,19 +16,61 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from sdforensics.errors import SdfError
 from sdforensics.progress import ProgressBar
 from sdforensics.safetext import printable
 
+# click's UsageError and ClickException, found through typer's public BadParameter: typer >= 0.2x
+# vendors its own copy of click, older typer uses the click package.
+_UsageError: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _UsageLine(_ClickException):
+    """A usage mistake (unknown option, bad choice) as one line on stderr, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        typer.echo(f"error: {printable(self.format_message(), 2000)}", err=True)
+
+
+def _one_line(err: Any) -> Any:
+    """Click's usage block and boxed error for a typo, as one line naming the fix (help is kept)."""
+    if not isinstance(err, _UsageError) or type(err).__name__ == "NoArgsIsHelpError":
+        return err
+    where = err.ctx.command_path if getattr(err, "ctx", None) is not None else "sdf"
+    return _UsageLine(f"{err.format_message()} (see '{where} -h')")
+
+
+class _OneLineGroup(TyperGroup):
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except Exception as err:
+            raise _one_line(err) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            raise _one_line(err) from None
+
+
+_SETTINGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="What did the author mix in, and how much?"
+    add_completion=False, no_args_is_help=True, help="What did the author mix in, and how much?",
+    cls=_OneLineGroup, rich_markup_mode=None, context_settings=_SETTINGS,
 )
 refs_app = typer.Typer(
-    no_args_is_help=True, help="Manage the reference library (fingerprints of known models)."
+    no_args_is_help=True, help="Manage the reference library (fingerprints of known models).",
+    rich_markup_mode=None,
 )
 synth_app = typer.Typer(
-    no_args_is_help=True, help="Write synthetic checkpoints with real SD layouts (tests, demos)."
+    no_args_is_help=True, help="Write synthetic checkpoints with real SD layouts (tests, demos).",
+    rich_markup_mode=None,
 )
 app.add_typer(refs_app, name="refs")
 app.add_typer(synth_app, name="synth")
@@ -53,9 +95,65 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-LibraryOpt = Annotated[Path | None, typer.Option("--library", help="Use this library folder only.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DeviceOpt = Annotated[Device, typer.Option(help="Where to compute fingerprints.")]
+class Family(str, Enum):
+    sd1 = "sd1"
+    sd2 = "sd2"
+    sdxl = "sdxl"
+
+
+class SaveAs(str, Enum):
+    safetensors = "safetensors"
+    ckpt = "ckpt"
+    diffusers = "diffusers"
+
+
+LibraryOpt = Annotated[
+    Path | None,
+    typer.Option("--library", metavar="DIR", help="Use this library folder only (default: shipped + user library)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
+DeviceOpt = Annotated[Device, typer.Option(metavar="auto|cpu|cuda", help="Where to compute fingerprints.")]
+ListFormatOpt = Annotated[
+    ListFormat, typer.Option("--format", "-f", metavar="text|json", help="text, or one JSON document on stdout.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sdforensics import __version__
+
+        typer.echo(f"sdforensics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """What did the author mix in, and how much?"""
+
+
+def _existing_library(library: Path | None) -> None:
+    """``--library DIR`` for reading must exist: a typo is an error, not an empty library."""
+    if library is not None and not library.is_dir():
+        what = "is not a folder" if library.exists() else "does not exist"
+        raise _fail(f"{library}: library folder {what} (create one with 'sdf refs add MODEL --name NAME "
+                    f"--library {library}')")
+
+
+def _writable_out(out: Path | None) -> None:
+    """Refuse ``--out`` before any work when the report could not be written there."""
+    if out is None:
+        return
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise _fail(f"{out}: --out names a folder; give a file name")
+    if not folder.is_dir():
+        raise _fail(f"{out}: cannot write the report: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise _fail(f"{out}: cannot write the report: permission denied")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -101,15 +199,20 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
 
 @app.command()
 def analyze(
-    model: Annotated[Path, typer.Argument(help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder.")],
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder.")
+    ],
     library: LibraryOpt = None,
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.text,
+    format: Annotated[
+        Format, typer.Option("--format", "-f", metavar="text|json|html", help="Report format.")
+    ] = Format.text,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the report here instead of stdout.")
+        Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write the report here instead of stdout.")
     ] = None,
     device: DeviceOpt = Device.auto,
     registry: Annotated[
-        list[Path] | None, typer.Option(help="Known-model registry file or folder (repeatable).")
+        list[Path] | None,
+        typer.Option(metavar="PATH", help="Known-model registry file or folder (repeatable; default: shipped)."),
     ] = None,
     identity: Annotated[
         bool, typer.Option("--identity", help="Only what the file is: no fingerprint, no comparison.")
@@ -120,6 +223,8 @@ def analyze(
     from sdforensics.api import analyze as do_analyze
     from sdforensics.api import identify
 
+    _writable_out(out)
+    _existing_library(library)
     bar = _bar("analyze", quiet)
     compare_bar = _bar("compare", quiet)
 
@@ -148,16 +253,20 @@ def analyze(
 
 @app.command()
 def compare(
-    a: Path,
-    b: Path,
-    format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.text,
+    a: Annotated[Path, typer.Argument(metavar="A", help="First checkpoint.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Second checkpoint (same architecture).")],
+    base: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="The family base both derive from: also show change-from-base cosines."),
+    ] = None,
+    format: ListFormatOpt = ListFormat.text,
     quiet: QuietOpt = False,
 ) -> None:
     """Exact per-layer and per-block comparison of two local checkpoints (streams both)."""
     from sdforensics.pairwise import compare_files
 
     def go() -> str:
-        result = compare_files(a, b)
+        result = compare_files(a, b, base=base)
         return json.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
 
     _emit(run(go), None)
@@ -165,8 +274,9 @@ def compare(
 
 @app.command()
 def scan(
-    path: Path,
-    format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.text,
+    path: Annotated[Path, typer.Argument(metavar="FILE|DIR", help="A file, or a folder scanned recursively.")],
+    format: ListFormatOpt = ListFormat.text,
+    quiet: QuietOpt = False,
 ) -> None:
     """List every global a pickle names with a verdict. Exit 0 clean, 1 dangerous, 2 error."""
     from sdforensics.scan import exit_code, render_scan_text, scan_path, scan_to_json
@@ -190,8 +300,8 @@ def _target_library(library: Path | None) -> Path:
 
 @refs_app.command("add")
 def refs_add(
-    model: Path,
-    name: Annotated[str, typer.Option("--name", help="How reports will call this reference.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A checkpoint or a LoRA file.")],
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="How reports will call this reference.")],
     official: Annotated[bool, typer.Option("--official", help="Mark as the family's official base.")] = False,
     library: LibraryOpt = None,
     device: DeviceOpt = Device.auto,
@@ -204,9 +314,13 @@ def refs_add(
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
+        from sdforensics.refcheck import add_warnings
+
         label, fp = fingerprint_any(model, device.value, bar)
         bar.close()
         lib = Library(_target_library(library))
+        for warning in add_warnings(lib, name, fp.identity):
+            typer.echo(f"warning: {printable(warning, 500)}", err=True)
         entry = lib.add(fp, name, official=official)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
@@ -217,11 +331,11 @@ def refs_add(
 
 @refs_app.command("import")
 def refs_import(
-    fingerprint: Path,
+    fingerprint: Annotated[Path, typer.Argument(metavar="FP", help="A .sdfp fingerprint file.")],
     name: Annotated[
-        str | None, typer.Option(help="Name (default: the one stored in the fingerprint).")
+        str | None, typer.Option(metavar="NAME", help="Name (default: the one stored in the fingerprint).")
     ] = None,
-    official: Annotated[bool, typer.Option("--official")] = False,
+    official: Annotated[bool, typer.Option("--official", help="Mark as the family's official base.")] = False,
     library: LibraryOpt = None,
 ) -> None:
     """Add a fingerprint file someone shared (no weights needed)."""
@@ -233,7 +347,11 @@ def refs_import(
         ref_name = name or fp.name
         if not ref_name:
             raise SdfError(f"{fingerprint}: the fingerprint has no name; pass --name")
+        from sdforensics.refcheck import add_warnings
+
         lib = Library(_target_library(library))
+        for warning in add_warnings(lib, ref_name, fp.identity):
+            typer.echo(f"warning: {printable(warning, 500)}", err=True)
         lib.add(fp, ref_name, official=official)
         return f"imported {ref_name!r} into {lib.folder}"
 
@@ -241,9 +359,14 @@ def refs_import(
 
 
 @refs_app.command("remove")
-def refs_remove(name: str, library: LibraryOpt = None) -> None:
+def refs_remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The reference to remove.")],
+    library: LibraryOpt = None,
+) -> None:
     """Remove NAME from the library."""
     from sdforensics.library import Library
+
+    _existing_library(library)
 
     def go() -> str:
         lib = Library(_target_library(library))
@@ -256,34 +379,32 @@ def refs_remove(name: str, library: LibraryOpt = None) -> None:
 @refs_app.command("list")
 def refs_list(
     library: LibraryOpt = None,
-    format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.text,
+    format: ListFormatOpt = ListFormat.text,
     registry: Annotated[
-        bool, typer.Option(help="Include the known-model registry (hash-only entries).")
-    ] = True,
+        bool, typer.Option("--registry", help="Also list the known-model registry's hash-only entries.")
+    ] = False,
 ) -> None:
-    """References with fingerprints, and registry entries known by hash only."""
-    from sdforensics.reflist import list_references
+    """Your fingerprinted references; --registry adds the models known by hash only."""
+    from sdforensics.reflist import list_references, render_reference_list
+
+    _existing_library(library)
 
     def go() -> str:
-        rows = list_references(library, include_registry=registry)
+        rows = list_references(library, include_registry=True)
         if format is ListFormat.json:
-            return json.dumps({"schema": "sdforensics.refs/1", "references": rows}, indent=1)
-        lines = []
-        for r in rows:
-            mark = "fingerprint" if r["fingerprint"] else "hash only  "
-            off = " [official]" if r.get("official") else ""
-            lines.append(f"{mark}  {r.get('family') or '-':5}  {printable(str(r['name']), 80)}{off}")
-        n_fp = sum(1 for r in rows if r["fingerprint"])
-        lines.append(f"{n_fp} fingerprinted references, {len(rows) - n_fp} known by hash only")
-        return "\n".join(lines)
+            shown = rows if registry else [r for r in rows if r["fingerprint"]]
+            return json.dumps({"schema": "sdforensics.refs/1", "references": shown}, indent=1)
+        return render_reference_list(rows, registry)
 
     _emit(run(go), None)
 
 
 @refs_app.command("verify")
-def refs_verify(library: LibraryOpt = None) -> None:
-    """Check every library file against its MANIFEST.sha256."""
+def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.text, quiet: QuietOpt = False) -> None:
+    """Check every library file against its MANIFEST.sha256 (exit 1 when one differs)."""
     from sdforensics.library import Library, search_path
+
+    _existing_library(library)
 
     def go() -> list[str]:
         problems = []
@@ -294,19 +415,27 @@ def refs_verify(library: LibraryOpt = None) -> None:
         return problems
 
     problems = run(go)
-    if problems:
+    if format is ListFormat.json:
+        folders = [str(f) for f in run(lambda: search_path(library))]
+        typer.echo(json.dumps({"schema": "sdforensics.verify/1", "ok": not problems, "libraries": folders,
+                               "problems": problems}, indent=1))
+    else:
         for p in problems:
             typer.echo(printable(p, 500), err=True)
+        if not problems and not quiet:
+            typer.echo("ok: every library file matches its manifest")
+    if problems:
         raise typer.Exit(1)
-    typer.echo("ok: every library file matches its manifest")
 
 
 @refs_app.command("build-official")
 def refs_build_official(
-    from_dir: Annotated[Path, typer.Option("--from", help="Folder with official models you downloaded.")],
+    from_dir: Annotated[
+        Path, typer.Option("--from", metavar="DIR", help="Folder with official models you downloaded.")
+    ],
     library: LibraryOpt = None,
     registry: Annotated[
-        list[Path] | None, typer.Option(help="Registry file or folder (default: shipped).")
+        list[Path] | None, typer.Option(metavar="PATH", help="Registry file or folder (default: shipped).")
     ] = None,
     device: DeviceOpt = Device.auto,
     quiet: QuietOpt = False,
@@ -328,51 +457,68 @@ def refs_build_official(
 # ---------------------------------------------------------------- synth
 
 
+FamilyOpt = Annotated[Family, typer.Option(metavar="sd1|sd2|sdxl", help="Architecture of the family.")]
+WidthOpt = Annotated[int, typer.Option(metavar="N", help="1 = full size; n = 1/n of the release width.")]
+SeedOpt = Annotated[int, typer.Option(metavar="N", help="Random seed (the same seed gives the same family).")]
+
+
+def _paths_out(paths: list[Path], format: ListFormat) -> str:
+    if format is ListFormat.json:
+        return json.dumps({"schema": "sdforensics.synth/1", "files": [str(p) for p in paths]}, indent=1)
+    return "\n".join(str(p) for p in paths)
+
+
 @synth_app.command("family")
 def synth_family(
-    out: Path,
-    family: Annotated[str, typer.Option(help="sd1, sd2 or sdxl")] = "sd1",
-    width: Annotated[int, typer.Option(help="1 = full size; n = 1/n of the release width")] = 16,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write the models into.")],
+    family: FamilyOpt = Family.sd1,
+    width: WidthOpt = 16,
     finetunes: Annotated[
-        int, typer.Option(help="Number of fine-tunes (the last is a child of the first)")
+        int, typer.Option(metavar="N", help="Number of fine-tunes (the last is a child of the first).")
     ] = 6,
-    seed: int = 0,
-    fmt: Annotated[str, typer.Option("--format", help="safetensors, ckpt or diffusers")] = "safetensors",
+    seed: SeedOpt = 0,
+    save_as: Annotated[
+        SaveAs, typer.Option("--save-as", metavar="safetensors|ckpt|diffusers", help="File format to write.")
+    ] = SaveAs.safetensors,
+    format: ListFormatOpt = ListFormat.text,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Write an official-style base and FINETUNES fine-tunes (one a child of another) into OUT."""
+    """Write an official-style base and N fine-tunes (one a child of another) into OUT."""
     from sdforensics.synth import write_family
 
     def go() -> str:
-        paths = write_family(out, family, width, finetunes, seed, fmt)
-        return "\n".join(str(p) for p in paths)
+        paths = write_family(out, family.value, width, finetunes, seed, save_as.value)
+        return _paths_out(paths, format)
 
     _emit(run(go), None)
 
 
 @synth_app.command("merge")
 def synth_merge(
-    out: Path,
-    family: Annotated[str, typer.Option()] = "sd1",
-    width: Annotated[int, typer.Option()] = 16,
-    seed: int = 0,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The .safetensors file to write.")],
+    family: FamilyOpt = Family.sd1,
+    width: WidthOpt = 16,
+    seed: SeedOpt = 0,
     recipe: Annotated[
-        str, typer.Option(help="e.g. 'ft1:0.6,ft2:0.4' over the family's models (base, ft1..)")
+        str, typer.Option(metavar="RECIPE", help="e.g. 'ft1:0.6,ft2:0.4' over the family's models (base, ft1..).")
     ] = "ft1:0.65,ft2:0.35",
+    format: ListFormatOpt = ListFormat.text,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write a weighted merge of members of the synthetic family (same --family/--width/--seed)."""
     from sdforensics.synth import family_specs, parse_recipe, write_safetensors
 
     def go() -> str:
-        specs = family_specs(family, width, 6, seed)
+        specs = family_specs(family.value, width, 6, seed)
         path = write_safetensors(parse_recipe(recipe, specs), out)
-        return str(path)
+        return _paths_out([path], format)
 
     _emit(run(go), None)
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Working folder for the demo files.")] = Path("sdf-demo"),
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Working folder for the demo files.")] = Path("sdf-demo"),
     quiet: QuietOpt = False,
 ) -> None:
     """Build a small synthetic SD1.5 family, fingerprint it, and analyse an undocumented mix of it."""

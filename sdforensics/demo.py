@@ -28,4 +28,19 @@ def run_demo(out: Path, log: Callable[[str], None | object] = print, width: int 
     target = write_safetensors(mix, out / "mystery-mix.safetensors")
     log(f"undocumented mix (truth: 0.5 x ft1 + 0.3 x ft2 + 0.2 x ft3): {target}")
     result = analyze(target, library=lib.folder, device="cpu")
-    return result.to_text()
+    return result.to_text().rstrip("\n") + "\n\n" + next_steps(out) + "\n"
+
+
+def next_steps(out: Path) -> str:
+    """The commands to run next, exactly as typed: the demo library is not on the default search path."""
+    import shlex
+
+    mix = shlex.quote(str(Path(out) / "mystery-mix.safetensors"))
+    lib = shlex.quote(str(Path(out) / "library"))
+    report = shlex.quote(str(Path(out) / "report.html"))
+    return "\n".join([
+        f"Next (the demo library is {lib}, so pass --library):",
+        f"  sdf analyze {mix} --library {lib}",
+        f"  sdf analyze {mix} --library {lib} --format html --out {report}",
+        f"  sdf refs list --library {lib}",
+    ])

@@ -9,12 +9,13 @@ the full values in float64 accumulators.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sdforensics.errors import SdfError
 from sdforensics.passes import open_and_layout
 from sdforensics.readers.base import Checkpoint
 from sdforensics.safetext import printable
@@ -34,6 +35,8 @@ class LayerDiff:
     norm_a2: float
     norm_b2: float
     diff2: float
+    delta_cosine: float | None = None
+    """Cosine of A - base and B - base (``--base``): what each changed, compared."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class PairComparison:
     only_a: tuple[str, ...]
     only_b: tuple[str, ...]
     shape_mismatch: tuple[str, ...]
+    base: Path | None = None
+    delta_sums: tuple[tuple[str | None, float, float, float], ...] = ()
+    """Per layer (block, <dA, dB>, |dA|^2, |dB|^2) with dX = X - base (when ``base``)."""
 
     def blocks(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -68,6 +74,14 @@ class PairComparison:
                 "layers": n,
                 "identical_layers": same,
             }
+        delta: dict[str, list[float]] = {}
+        for where, dab, daa, dbb in self.delta_sums:
+            if where is not None:
+                t = delta.setdefault(where, [0.0, 0.0, 0.0])
+                t[0], t[1], t[2] = t[0] + dab, t[1] + daa, t[2] + dbb
+        for block, (dab, daa, dbb) in delta.items():
+            if block in out:
+                out[block]["delta_cosine"] = dab / (daa * dbb) ** 0.5 if daa > 0 and dbb > 0 else float("nan")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -76,6 +90,7 @@ class PairComparison:
             "a": str(self.a),
             "b": str(self.b),
             "family": self.family,
+            "base": str(self.base) if self.base else None,
             "identical": not self.only_a and not self.only_b and all(x.identical for x in self.layers),
             "blocks": self.blocks(),
             "layers": [
@@ -86,6 +101,7 @@ class PairComparison:
                     "rel_diff": x.rel_diff,
                     "max_abs_diff": x.max_abs_diff,
                     "identical": x.identical,
+                    "delta_cosine": x.delta_cosine,
                 }
                 for x in self.layers
             ],
@@ -101,11 +117,19 @@ class PairComparison:
             f"{len(self.layers)} common tensors, {same} identical; only in A: {len(self.only_a)}, "
             f"only in B: {len(self.only_b)}, shape differs: {len(self.shape_mismatch)}"
         )
-        lines.append(f"{'block':6} {'cosine':>10} {'|A-B|/|A|':>10} identical")
+        if self.base is not None:
+            lines.append(f"base {printable(str(self.base), 200)}: 'change cos' is the cosine of A - base and "
+                         "B - base (1: both changed the same way, 0: unrelated changes)")
+        lines.append(f"{'block':6} {'cosine':>10} {'|A-B|/|A|':>10} identical"
+                     + (f" {'change cos':>10}" if self.base is not None else ""))
         for block, s in self.blocks().items():
             lines.append(
                 f"{block:6} {s['cosine']:10.6f} {s['rel_diff']:10.6f} {int(s['identical_layers'])}/{int(s['layers'])}"
+                + (f" {s.get('delta_cosine', float('nan')):10.4f}" if self.base is not None else "")
             )
+        if self.base is None and self.layers and not all(x.identical for x in self.layers):
+            lines.append("note: raw cosines of two models of one family are close to 1 everywhere and say little; "
+                         "pass --base FILE (the family base both derive from) for change-from-base cosines")
         return "\n".join(lines) + "\n"
 
 
@@ -139,37 +163,84 @@ def layer_diff(key: str, block: str | None, a: torch.Tensor, b: torch.Tensor) ->
     )
 
 
-def compare_files(path_a: Path, path_b: Path) -> PairComparison:
-    ck_a, lay_a = open_and_layout(Path(path_a))
+def _architecture_check(label_a: str, lay_a: Any, label_b: str, lay_b: Any) -> None:
+    """Two files of different architectures share only incidental keys: refuse, in one line."""
+    fa, fb = lay_a.architecture, lay_b.architecture
+    if fa.family != fb.family or fa.family is None:
+        raise SdfError(f"{label_a} is {fa.label} and {label_b} is {fb.label}: different architectures have no "
+                       "comparable layers; compare two models of one family")
+    wa, wb = getattr(fa, "width_factor", None), getattr(fb, "width_factor", None)
+    if wa != wb:
+        raise SdfError(f"{label_a} and {label_b} are {fa.label} at different widths (1/{wa} and 1/{wb})")
+
+
+class _Aligned:
+    """Pull tensors from a canonical stream by key, buffering those that arrive early."""
+
+    def __init__(self, stream: Iterator[tuple[str, torch.Tensor]], wanted: set[str]) -> None:
+        self.stream, self.wanted = stream, wanted
+        self.pending: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str) -> torch.Tensor:
+        while key not in self.pending:
+            k, t = next(self.stream)
+            if k in self.wanted:
+                self.pending[k] = t.clone() if k != key else t
+        return self.pending.pop(key)
+
+
+def compare_files(path_a: Path, path_b: Path, base: Path | None = None) -> PairComparison:
+    """Compare A and B layer by layer; with ``base`` also what each changed from it."""
+    opened: list[Checkpoint] = []
     try:
+        ck_a, lay_a = open_and_layout(Path(path_a))
+        opened.append(ck_a)
         ck_b, lay_b = open_and_layout(Path(path_b))
+        opened.append(ck_b)
+        _architecture_check(str(path_a), lay_a, str(path_b), lay_b)
+        ck_0 = lay_0 = None
+        if base is not None:
+            ck_0, lay_0 = open_and_layout(Path(base))
+            opened.append(ck_0)
+            _architecture_check(str(path_a), lay_a, f"the base {base}", lay_0)
     except BaseException:
-        ck_a.close()
+        for ck in opened:
+            ck.close()
         raise
     family = lay_a.architecture.family
     bmap = block_maps()["sdxl" if family == "sdxl" else "sd1"]
     shapes_a = {i.name: i.shape for i in lay_a.infos}
     shapes_b = {i.name: i.shape for i in lay_b.infos}
     wanted = {k for k in shapes_a if k in shapes_b and shapes_a[k] == shapes_b[k]}
+    with_base = set()
+    if lay_0 is not None:
+        shapes_0 = {i.name: i.shape for i in lay_0.infos}
+        with_base = {k for k in wanted if shapes_0.get(k) == shapes_a[k]}
     layers: list[LayerDiff] = []
+    sums: list[tuple[str | None, float, float, float]] = []
     try:
-        stream_b = _canonical_stream(ck_b, lay_b.mapping.canonical, set(lay_b.mapping.ema))
-        pending: dict[str, torch.Tensor] = {}
+        stream_b = _Aligned(_canonical_stream(ck_b, lay_b.mapping.canonical, set(lay_b.mapping.ema)), wanted)
+        stream_0 = None
+        if ck_0 is not None and lay_0 is not None:
+            stream_0 = _Aligned(_canonical_stream(ck_0, lay_0.mapping.canonical, set(lay_0.mapping.ema)), with_base)
         for key, ta in _canonical_stream(ck_a, lay_a.mapping.canonical, set(lay_a.mapping.ema)):
             if key not in wanted:
                 continue
-            while key not in pending:
-                kb, tb = next(stream_b)
-                if kb in wanted:
-                    pending[kb] = tb.clone() if kb != key else tb
-            tb = pending.pop(key)
-            if ta.is_floating_point() or tb.is_floating_point():
-                layers.append(layer_diff(key, bmap.block_of(key), ta, tb))
-            else:
-                layers.append(layer_diff(key, bmap.block_of(key), ta.double(), tb.double()))
+            tb = stream_b.get(key)
+            if not (ta.is_floating_point() or tb.is_floating_point()):
+                ta, tb = ta.double(), tb.double()
+            diff = layer_diff(key, bmap.block_of(key), ta, tb)
+            if stream_0 is not None and key in with_base:
+                t0 = stream_0.get(key).double().reshape(-1)
+                da, db = ta.double().reshape(-1) - t0, tb.double().reshape(-1) - t0
+                dab, daa, dbb = float(da @ db), float(da @ da), float(db @ db)
+                cos = dab / (daa * dbb) ** 0.5 if daa > 0 and dbb > 0 else float("nan")
+                diff = replace(diff, delta_cosine=cos)
+                sums.append((diff.block, dab, daa, dbb))
+            layers.append(diff)
     finally:
-        ck_a.close()
-        ck_b.close()
+        for ck in opened:
+            ck.close()
     return PairComparison(
         a=Path(path_a),
         b=Path(path_b),
@@ -178,4 +249,6 @@ def compare_files(path_a: Path, path_b: Path) -> PairComparison:
         only_a=tuple(sorted(set(shapes_a) - set(shapes_b))),
         only_b=tuple(sorted(set(shapes_b) - set(shapes_a))),
         shape_mismatch=tuple(sorted(k for k in shapes_a if k in shapes_b and shapes_a[k] != shapes_b[k])),
+        base=Path(base) if base is not None else None,
+        delta_sums=tuple(sums),
     )
