@@ -168,12 +168,30 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
     return replace(analysis, problems=problems, extras={"lora": info})
 
 
+def _embedding_analysis(ckpt: Checkpoint, path: Path, progress: Progress | None) -> Analysis | None:
+    """A textual-inversion embedding described (``ckpt`` closed), or None when ``ckpt`` is not one."""
+    from sdforensics.embedding import detect_embedding
+
+    try:
+        emb = detect_embedding(ckpt.infos(), Path(path))
+    except BaseException:
+        ckpt.close()
+        raise
+    if emb is None:
+        return None
+    analysis = collect(Path(path), progress=progress, opened=ckpt)
+    problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
+    return replace(analysis, problems=problems, extras={"embedding": emb.to_json()})
+
+
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
     ckpt = _open_model(path)
     if ckpt is None:
         return describe_lora_file(path, progress)
+    if (emb := _embedding_analysis(ckpt, path, progress)) is not None:
+        return emb
     analysis = collect(Path(path), progress=progress, opened=ckpt)
     return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
 
@@ -191,6 +209,8 @@ def analyze(
     ckpt = _open_model(path)
     if ckpt is None:
         return describe_lora_file(path, progress)
+    if (emb := _embedding_analysis(ckpt, path, progress)) is not None:
+        return emb
     try:
         scheme = library_scheme(search_path(library))
     except BaseException:

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from sdforensics.readers.base import TensorInfo
 from sdforensics.tables import Architecture, architectures, variants
 
+ABSENT_IS_NORMAL = ("embeddings.position_ids",)
+"""Keys a real checkpoint may lack without anything being wrong: CLIP's ``position_ids`` buffer is
+not saved by transformers >= 4.31 (every diffusers text encoder since, many checkpoints)."""
+
 
 @dataclass(frozen=True)
 class ArchMatch:
@@ -126,7 +130,8 @@ def detect(infos: Sequence[TensorInfo], ema: bool = False) -> ArchitectureReport
         return _unknown(infos, shapes, arch, match, runner, ema)
 
     known = set(arch.keys) | set(arch.optional_keys)
-    missing = sorted(k for k in arch.keys if k not in shapes and (arch.component_of(k) or "") in present)
+    missing = sorted(k for k in arch.keys if k not in shapes and (arch.component_of(k) or "") in present
+                     and not k.endswith(ABSENT_IS_NORMAL))
     extra = sorted(k for k in shapes if k not in known)
     comps = [c for c in ("unet", "text_encoder", "vae") if c in present]
     tes = tuple(

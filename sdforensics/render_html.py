@@ -113,10 +113,13 @@ def _summary_items(a: Analysis, doc: dict[str, Any]) -> list[str]:
     size = f", {human_size(a.hashes.bytes)}" if a.hashes else ""
     items.append(f"<b>What it is:</b> {_e(arch.label)}{_e(variant)} checkpoint ({_e(comps)}){size}, "
                  f"{_e(a.layout.format.container)}.")
-    if isinstance(doc.get("lora"), dict):  # a LoRA file: the same lines as the text report
+    if isinstance(doc.get("lora"), dict) or isinstance(doc.get("embedding"), dict):
+        from sdforensics.embedding import embedding_lines  # a LoRA or an embedding: the text report's lines
         from sdforensics.render_text import lora_lines
 
-        for line in lora_lines(doc["lora"]):
+        lines = lora_lines(doc["lora"]) if isinstance(doc.get("lora"), dict) else embedding_lines(doc["embedding"])
+        items.clear()  # "what it is: ... checkpoint" does not apply
+        for line in lines:
             label, _, rest = line.strip().partition(" ")
             items.append(f"<b>{_e(label.capitalize())}:</b> {_e(rest.strip(), 1000)}")
     for m in doc.get("registry") or []:

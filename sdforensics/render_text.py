@@ -143,6 +143,11 @@ def analysis_to_text(a: Analysis) -> str:
     if a.extras.get("lora"):
         lines = [ln for ln in lines if not ln.startswith("  what ")]
         lines[1:1] = lora_lines(a.extras["lora"])
+    if a.extras.get("embedding"):
+        from sdforensics.embedding import embedding_lines
+
+        lines = [ln for ln in lines if not ln.startswith("  what ")]
+        lines[1:1] = embedding_lines(a.extras["embedding"])
     lines += _registry_lines(a.extras.get("registry"))
     lines += _identical_lines(a.extras.get("identical"))
     for key in ("summary",):

@@ -46,6 +46,13 @@ def library(family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     return lib.folder
 
 
+def empty_library(tmp_path: Path) -> Path:
+    """An existing, empty library folder (a missing ``--library`` folder is an error)."""
+    folder = tmp_path / "empty-library"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 class Result:
     def __init__(self, code: int, stdout: str, stderr: str) -> None:
         self.exit_code, self.stdout, self.stderr = code, stdout, stderr

@@ -28,7 +28,7 @@ def test_cpu_and_cuda_fingerprints_agree(family: dict[str, Path]) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
 def test_asking_for_cuda_without_a_device_is_one_clear_line(family: dict[str, Path], tmp_path: Path) -> None:
-    from conftest import sdf
+    from conftest import empty_library, sdf
 
-    res = sdf("analyze", family["ft1"], "--device", "cuda", "--library", tmp_path / "lib")
+    res = sdf("analyze", family["ft1"], "--device", "cuda", "--library", empty_library(tmp_path))
     assert res.exit_code == 2 and "no CUDA device" in res.stderr and res.stderr.count("\n") == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import sdf
+from conftest import empty_library, sdf
 from sdforensics.arch import detect, scaled
 from sdforensics.readers.base import TensorInfo
 from sdforensics.synth import Base, FineTune, Merge, state_dict, write_ckpt, write_diffusers, write_safetensors
@@ -81,7 +81,7 @@ def test_same_weights_as_ckpt_and_diffusers_give_same_keys_and_content_hashes(fa
     df = write_diffusers(spec, tmp_path / "m-diffusers")
     docs = {}
     for path in (st, ck, df):
-        res = sdf("analyze", path, "--format", "json", "--library", tmp_path / "lib")
+        res = sdf("analyze", path, "--format", "json", "--library", empty_library(tmp_path))
         assert res.exit_code == 0, res.stderr
         docs[path.suffix or "dir"] = json.loads(res.stdout)
     formats = {d["file"]["format"] for d in docs.values()}
@@ -99,8 +99,8 @@ def test_fp32_resave_keeps_content_hashes_and_is_flagged(tmp_path: Path) -> None
     sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict(spec, torch.float16).items()}
     b = tmp_path / "a32.safetensors"
     save_file(sd, str(b), metadata={"note": "re-saved"})
-    ja = json.loads(sdf("analyze", a, "-f", "json", "--library", tmp_path / "l").stdout)
-    jb = json.loads(sdf("analyze", b, "-f", "json", "--library", tmp_path / "l").stdout)
+    ja = json.loads(sdf("analyze", a, "-f", "json", "--library", empty_library(tmp_path)).stdout)
+    jb = json.loads(sdf("analyze", b, "-f", "json", "--library", empty_library(tmp_path)).stdout)
     assert ja["content_hashes"] == jb["content_hashes"]
     assert ja["file"]["sha256"] != jb["file"]["sha256"]
     assert any(p["code"] == "fp32_weights" for p in jb["problems"])
@@ -116,7 +116,7 @@ def test_broken_position_ids_nan_and_ema_are_problems(tmp_path: Path) -> None:
     sd["model_ema.diffusion_modelinput_blocks00weight"] = sd["model.diffusion_model.input_blocks.0.0.weight"].clone()
     path = tmp_path / "broken.safetensors"
     save_file(sd, str(path))
-    doc = json.loads(sdf("analyze", path, "-f", "json", "--library", tmp_path / "l").stdout)
+    doc = json.loads(sdf("analyze", path, "-f", "json", "--library", empty_library(tmp_path)).stdout)
     codes = {p["code"] for p in doc["problems"]}
     assert {"position_ids", "nonfinite", "ema_present"} <= codes
     pos = next(p for p in doc["problems"] if p["code"] == "position_ids")
@@ -135,13 +135,13 @@ def test_wild_key_layouts_are_normalised(tmp_path: Path) -> None:
 
     a = write_safetensors(spec, tmp_path / "oldte.safetensors", keys=old_te)
     b = write_safetensors(spec, tmp_path / "unet.safetensors", keys=bare_unet)
-    da = json.loads(sdf("analyze", a, "-f", "json", "--library", tmp_path / "l").stdout)
-    db = json.loads(sdf("analyze", b, "-f", "json", "--library", tmp_path / "l").stdout)
+    da = json.loads(sdf("analyze", a, "-f", "json", "--library", empty_library(tmp_path)).stdout)
+    db = json.loads(sdf("analyze", b, "-f", "json", "--library", empty_library(tmp_path)).stdout)
     assert da["architecture"]["family"] == "sd1" and da["architecture"]["components"] == ["unet", "text_encoder", "vae"]
     assert any("text_model" in n for n in da["architecture"]["key_notes"])
     assert db["architecture"]["components"] == ["unet"]
     ref = json.loads(sdf("analyze", write_safetensors(spec, tmp_path / "ref.safetensors"), "-f", "json",
-                         "--library", tmp_path / "l").stdout)
+                         "--library", empty_library(tmp_path)).stdout)
     assert da["content_hashes"] == ref["content_hashes"]
     assert db["content_hashes"]["unet"] == ref["content_hashes"]["unet"]
 
@@ -154,7 +154,7 @@ def test_merge_metadata_is_decoded_and_shown(tmp_path: Path) -> None:
     path = write_safetensors(spec, tmp_path / "m.safetensors",
                              metadata={"sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models),
                                        "modelspec.title": "My {{7*7}} mix"})
-    res = sdf("analyze", path, "--library", tmp_path / "l")
+    res = sdf("analyze", path, "--library", empty_library(tmp_path))
     assert res.exit_code == 0
     assert "0.7 x modelA + 0.3 x modelB" in res.stdout
     assert "My {{7*7}} mix" in res.stdout  # shown, never rendered as a template
@@ -162,7 +162,7 @@ def test_merge_metadata_is_decoded_and_shown(tmp_path: Path) -> None:
           "base_alpha": 0.25, "weights_alpha": "0.1,0.2,0.3", "mbw": True}
     path2 = write_safetensors(spec, tmp_path / "m2.safetensors",
                               metadata={"sd_merge_recipe": json.dumps(sm), "sd_merge_models": json.dumps(models)})
-    doc = json.loads(sdf("analyze", path2, "-f", "json", "--library", tmp_path / "l").stdout)
+    doc = json.loads(sdf("analyze", path2, "-f", "json", "--library", empty_library(tmp_path)).stdout)
     declared = doc["metadata"]["declared"]
     assert declared["tool"] == "SuperMerger" and declared["block_weights"] == [0.1, 0.2, 0.3]
 

@@ -70,6 +70,7 @@ def test_kohya_loras_render_in_every_format(case: str, fmt: str, tmp_path: Path)
     build, words = CASES[case]
     path = tmp_path / f"{case}.safetensors"
     save_file(build(), path, metadata={"ss_network_dim": "4", "ss_network_alpha": "2"})
+    (tmp_path / "lib").mkdir()
     res = sdf("analyze", path, "-f", fmt, "--library", tmp_path / "lib", "-q")
     assert res.exit_code == 0, res.stderr
     assert "unexpected" not in res.stderr

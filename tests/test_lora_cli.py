@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sdf
+from conftest import empty_library, sdf
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 CAT = REAL / "catundchat-stable-diffusion-v1.5-lora" / "pytorch_lora_weights.safetensors"
@@ -17,14 +17,14 @@ pytestmark = pytest.mark.skipif(not CAT.exists(), reason="../shared/realdata is 
 
 
 def test_analyze_describes_a_lora(tmp_path: Path) -> None:
-    res = sdf("analyze", DISNEY, "-f", "json", "--library", tmp_path / "lib")
+    res = sdf("analyze", DISNEY, "-f", "json", "--library", empty_library(tmp_path))
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     info = doc["lora"]
     assert info["family"] == "sd1" and info["rank"] == 1 and info["layers"] == 192
     assert set(info["components"]) == {"unet", "text_encoder"}
     assert not any(p["code"] == "unknown_architecture" for p in doc["problems"])
-    text = sdf("analyze", CAT, "--library", tmp_path / "lib").stdout
+    text = sdf("analyze", CAT, "--library", empty_library(tmp_path)).stdout
     assert "LoRA for sd1; rank 4" in text and "128 of 128 layers mapped" in text
 
 

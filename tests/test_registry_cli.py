@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import sdf
+from conftest import empty_library, sdf
 from sdforensics.registry import SHIPPED_DIR
 
 
@@ -46,7 +46,7 @@ def test_legacy_hash_only_match_is_a_weak_hint_with_warning(family: dict[str, Pa
 
 
 def test_refs_list_json_includes_every_shipped_entry_with_source(tmp_path: Path) -> None:
-    res = sdf("refs", "list", "--library", tmp_path / "empty", "--format", "json")
+    res = sdf("refs", "list", "--library", empty_library(tmp_path), "--format", "json", "--registry")
     assert res.exit_code == 0, res.stderr
     rows = json.loads(res.stdout)["references"]
     shipped = json.loads((SHIPPED_DIR / "known_models.json").read_text())["entries"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sdf
+from conftest import empty_library, sdf
 
 
 def st(header: dict | bytes | str, data: bytes = b"", length: int | None = None) -> bytes:
@@ -74,7 +74,7 @@ BAD: dict[str, Callable[[], bytes]] = {
 def test_bad_safetensors_gives_exit_2_and_one_line(case: str, tmp_path: Path) -> None:
     path = tmp_path / f"{case}.safetensors"
     path.write_bytes(BAD[case]())
-    res = sdf("analyze", path, "--library", tmp_path / "lib")
+    res = sdf("analyze", path, "--library", empty_library(tmp_path))
     assert res.exit_code == 2, (case, res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -85,7 +85,7 @@ def test_bad_safetensors_gives_exit_2_and_one_line(case: str, tmp_path: Path) ->
 def test_trailing_bytes_are_a_finding_not_an_error(tmp_path: Path) -> None:
     path = tmp_path / "polyglot.safetensors"
     path.write_bytes(st(GOOD, b"\0" * 16 + b"PK\x03\x04appended zip"))
-    res = sdf("analyze", path, "--format", "json", "--library", tmp_path / "lib")
+    res = sdf("analyze", path, "--format", "json", "--library", empty_library(tmp_path))
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert any("trailing bytes" in p["message"] for p in doc["problems"])
@@ -94,7 +94,7 @@ def test_trailing_bytes_are_a_finding_not_an_error(tmp_path: Path) -> None:
 def test_zero_dim_and_scalar_tensors_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "zero.safetensors"
     path.write_bytes(st({**f32("empty", [2, 0], 0, 0), **f32("scalar", [], 0, 4)}, b"\0" * 4))
-    res = sdf("analyze", path, "--format", "json", "--library", tmp_path / "lib")
+    res = sdf("analyze", path, "--format", "json", "--library", empty_library(tmp_path))
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["tensors"]["count"] == 2
 
@@ -104,7 +104,7 @@ def test_nonfinite_and_control_characters_are_reported_escaped(tmp_path: Path) -
     name = "evil\x1b[31mname"
     path = tmp_path / "nan.safetensors"
     path.write_bytes(st({"__metadata__": {"note": "\x1b]0;pwned\x07"}, **f32(name, [4], 0, 16)}, values))
-    res = sdf("analyze", path, "--library", tmp_path / "lib")
+    res = sdf("analyze", path, "--library", empty_library(tmp_path))
     assert res.exit_code == 0, res.stderr
     assert "\x1b" not in res.stdout and "\x07" not in res.stdout
     assert "1 NaN and 1 Inf" in res.stdout
@@ -114,7 +114,7 @@ def test_nonfinite_and_control_characters_are_reported_escaped(tmp_path: Path) -
 def test_non_string_metadata_is_shown_not_fatal(tmp_path: Path) -> None:
     path = tmp_path / "meta.safetensors"
     path.write_bytes(st({"__metadata__": {"n": 3, "nested": {"a": 1}}, **f32("a", [2], 0, 8)}, b"\0" * 8))
-    res = sdf("analyze", path, "--format", "json", "--library", tmp_path / "lib")
+    res = sdf("analyze", path, "--format", "json", "--library", empty_library(tmp_path))
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["metadata"]["raw"]["n"] == "3"
