@@ -253,7 +253,7 @@ def _supermerger(
         if val is None:
             undetermined.append(blk)
             val = gw.get(key, 0.0)
-        alphas.append(round(float(val), 3))
+        alphas.append(round(float(val), 3) + 0.0)  # + 0.0 turns -0.0 into 0 (no "-0" in the list)
     text = ",".join(f"{a:g}" for a in alphas)
     return SuperMergerWeights(formula, models, order, tuple(alphas), text, tuple(undetermined))
 

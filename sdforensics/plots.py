@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sdforensics.frames import block_similarity_frame, blocks_frame, recipe_frame
+from sdforensics.safetext import percent
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
@@ -61,9 +62,25 @@ def _note(text: str) -> Figure:
 
 
 def palette(a: Analysis, names: Sequence[str] = ()) -> dict[str, str]:
-    """A colour per reference, the same in every figure: ingredients first, then ``names``."""
+    """A colour per reference, the same in every figure and every report: picked by a hash of the
+    name (ingredients first, then ``names``); a name whose colour is already taken in this report
+    takes the next free one."""
+    import hashlib
+
     order = list(dict.fromkeys([*recipe_frame(a).index, *names]))
-    return {name: COLORS[i % len(COLORS)] for i, name in enumerate(order)}
+    taken: set[int] = set()
+    out = {}
+    for name in order:
+        i = int.from_bytes(hashlib.sha256(str(name).encode("utf-8")).digest()[:4], "big") % len(COLORS)
+        for step in range(len(COLORS)):
+            if (i + step) % len(COLORS) not in taken:
+                i = (i + step) % len(COLORS)
+                break
+        taken.add(i)
+        if len(taken) == len(COLORS):
+            taken.clear()
+        out[name] = COLORS[i]
+    return out
 
 
 def recipe_figure(a: Analysis) -> Figure:
@@ -87,7 +104,7 @@ def recipe_figure(a: Analysis) -> Figure:
             ax.annotate(f"{wi:.3f}", (wi, yi), xytext=(4 if wi >= 0 else -4, 7), textcoords="offset points",
                         ha="left" if wi >= 0 else "right", fontsize=8, color="#222222")
         ax.set_xlabel("affine weight (weights sum to 1); error bars: 95% interval")
-        ax.set_title(plain(f"Recipe: {(a.extras.get('recipe') or {}).get('text') or ''}", 90), loc="left")
+        ax.set_title("Weight of each ingredient, with its 95% interval", loc="left")  # the recipe is above it
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlim(min(0.0, float(np.nanmin(w - lo))) - 0.05, max(1.0, float(np.nanmax(w + hi))) + 0.1)
     return fig
@@ -134,7 +151,7 @@ def similarity_figure(a: Analysis, max_references: int = 15) -> Figure:
     frame = frame[order]
     data = frame.to_numpy(float).T  # references x blocks
     with _rc():
-        fig = _figure(max(6.4, 0.3 * frame.shape[0] + 2.6), 1.2 + 0.36 * frame.shape[1])
+        fig = _figure(max(6.4, 0.42 * frame.shape[0] + 2.6), 1.2 + 0.42 * frame.shape[1])
         ax = fig.add_subplot()
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-1, vmax=1, aspect="auto",
@@ -145,7 +162,8 @@ def similarity_figure(a: Analysis, max_references: int = 15) -> Figure:
         if data.size <= 600:
             for (i, j), v in np.ndenumerate(data):
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}".replace("0.", "."), ha="center", va="center", fontsize=6,
+                    label = f"{v:.2f}".replace("0.", ".").replace("-.00", ".00")  # no "-0"
+                    ax.text(j, i, label, ha="center", va="center", fontsize=8,
                             color="white" if abs(v) > 0.6 else "#222222")
         fig.colorbar(im, ax=ax, label="delta cosine", shrink=0.9)
         ax.set_title("Similarity to each reference per block (cosine of deltas from the base)", loc="left")
@@ -168,11 +186,12 @@ def unexplained_figure(a: Analysis) -> Figure:
         ax.bar(x, values * 100, color=colors, width=0.8)
         if isinstance(overall, int | float):
             ax.axhline(float(overall) * 100, color="#222222", linestyle="--", linewidth=0.9,
-                       label=f"whole model {float(overall):.1%}")
+                       label=f"whole model {percent(float(overall))}")
             ax.legend(loc="upper right", fontsize=8, frameon=False)
         ax.set_xticks(x, labels=[plain(b, 12) for b in series.index], rotation=90, fontsize=8)
         ax.set_xlim(-0.6, len(series) - 0.4)
-        ax.set_ylim(0, max(5.0, float(np.nanmax(values)) * 110))
+        peak = max(float(np.nanmax(values)), float(overall) if isinstance(overall, int | float) else 0.0)
+        ax.set_ylim(0, max(peak * 100 * 1.25, 0.05))  # scaled to the data: bars of 0.1% stay visible
         ax.set_ylabel("unexplained (%)")
         ax.set_title("Unexplained share per block (further training or an unknown ingredient)", loc="left")
         ax.grid(axis="y", alpha=0.3)

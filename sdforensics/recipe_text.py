@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdforensics.estimate_types import BLOCK_CONVENTION, RecipeEstimate, Weight
+from sdforensics.safetext import percent
 
 #: unexplained share from which the summary says an unknown ingredient is likely
 UNKNOWN_LIKELY = 0.3
@@ -83,7 +84,7 @@ def recipe_text(est: RecipeEstimate) -> str:
         sm = est.supermerger
         m = sm.models
         formula = f"(1-alpha) x {m[0]} + alpha x {m[1]}" if len(m) == 2 else f"{m[0]} + alpha x ({m[1]} - {m[2]})"
-        text = f"{formula}, alpha per block ({','.join(sm.blocks)}) = {sm.text}"
+        text = f"{formula}, alpha per block ({sm.blocks[0]}..{sm.blocks[-1]}, {len(sm.blocks)} blocks) = {sm.text}"
     elif est.kind == "block_weighted":
         text = "block-weighted: " + linear_text(est.weights)
     elif est.kind == "unknown":
@@ -129,7 +130,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
         lines.append(f"Made of: {made}{base}")
     lines.append(_confidence(est))
     u = est.unexplained
-    line = f"Unexplained: {u:.0%} of the difference from {est.pivot} is not accounted for by the library."
+    line = f"Unexplained: {percent(u)} of the difference from {est.pivot} is not accounted for by the library."
     if u >= UNKNOWN_LIKELY:
         line += " An unknown ingredient is likely (a model not in the library, or further training)."
     elif u >= 0.1:

@@ -40,7 +40,8 @@ CSS = """
 .sdf h3{font-size:14px;margin:14px 0 6px}
 .sdf .sub{color:#5b6475;margin:0 0 10px}
 .sdf .box{background:#f3f6fb;border:1px solid #d6deeb;border-radius:8px;padding:10px 16px}
-.sdf .box li{margin:3px 0}
+.sdf .box li{margin:3px 0;overflow-wrap:anywhere}
+.sdf p,.sdf code,.sdf td{overflow-wrap:anywhere}
 .sdf table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 .sdf th,.sdf td{border:1px solid #dde2ea;padding:3px 8px;text-align:left;vertical-align:top}
 .sdf th{background:#f1f3f7;font-weight:600}
@@ -70,7 +71,7 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def _pct(x: Any) -> str:
-    return f"{x:.1%}" if isinstance(x, int | float) and not isinstance(x, bool) else "&ndash;"
+    return percent(float(x)) if isinstance(x, int | float) and not isinstance(x, bool) else "&ndash;"
 
 
 def _kv(rows: Iterable[tuple[str, str]]) -> str:
