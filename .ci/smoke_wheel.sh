@@ -12,8 +12,9 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
 
 # the sdist carries the registry (the wheel build copies it into the package)
+listing=$(tar tzf "$sdist")  # whole listing first: grep -q closing a pipe early trips pipefail
 for f in reference_hashes/known_models.json reference_hashes/MANIFEST.sha256 setup.py; do
-    tar tzf "$sdist" | grep -q "^sdforensics-[^/]*/$f\$" || fail "sdist lacks $f"
+    grep -q "^sdforensics-[^/]*/$f\$" <<< "$listing" || fail "sdist lacks $f"
 done
 
 python3 -m venv "$work/venv"
