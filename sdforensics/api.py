@@ -376,3 +376,19 @@ def build_official(
         lib.add(fp, entry.name, official=True)
         added.append((entry.name, path))
     return added
+
+
+def add_reference(
+    path: Path,
+    library: Path,
+    name: str,
+    official: bool = False,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> RefEntry:
+    """Fingerprint the checkpoint or LoRA at ``path`` into the library folder ``library`` as
+    ``name`` (``official``: the family's base), as ``sdf refs add`` does; returns its entry."""
+    from sdforensics.library import Library
+
+    _, fp = fingerprint_any(Path(path), device, progress)
+    return Library(Path(library)).add(fp, name, official=official)
