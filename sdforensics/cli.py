@@ -58,6 +58,18 @@ class _OneLineGroup(TyperGroup):
         except Exception as err:
             raise _one_line(err) from None
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command, its arguments shown by their metavar alone (``MODEL``, not ``MODEL <path>``)."""
+        cmd = super().get_command(ctx, cmd_name)
+        for param in getattr(cmd, "params", ()):
+            if param.param_type_name == "argument" and param.metavar:
+                param.display_type_rich = _no_type
+        return cmd
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -66,11 +78,11 @@ app = typer.Typer(
 )
 refs_app = typer.Typer(
     no_args_is_help=True, help="Manage the reference library (fingerprints of known models).",
-    rich_markup_mode=None,
+    cls=_OneLineGroup, rich_markup_mode=None,
 )
 synth_app = typer.Typer(
     no_args_is_help=True, help="Write synthetic checkpoints with real SD layouts (tests, demos).",
-    rich_markup_mode=None,
+    cls=_OneLineGroup, rich_markup_mode=None,
 )
 app.add_typer(refs_app, name="refs")
 app.add_typer(synth_app, name="synth")

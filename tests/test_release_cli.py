@@ -26,10 +26,12 @@ def test_version_and_short_help() -> None:
 
     res = sdf("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"sdforensics {__version__}"
-    for args in (["-h"], ["analyze", "-h"], ["refs", "import", "-h"], ["synth", "family", "-h"]):
+    for args in (["-h"], ["analyze", "-h"], ["refs", "import", "-h"], ["refs", "remove", "-h"], ["synth", "family", "-h"],
+                 ["compare", "-h"], ["scan", "-h"]):
         res = sdf(*args)
         assert res.exit_code == 0 and "Usage:" in res.stdout, args
         assert "<bool>" not in res.stdout and "list[" not in res.stdout and "<str>" not in res.stdout, res.stdout
+        assert "<path>" not in res.stdout, res.stdout  # an argument is its metavar alone: MODEL, not MODEL <path>
     imp = sdf("refs", "import", "-h").stdout
     assert "--official" in imp and "family's official base" in imp  # every option documented
 
