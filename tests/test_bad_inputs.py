@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sdf
+from conftest import empty_library, sdf
 from fuzz_targets import _tiny_sd1, st_bytes, to_zip64
 from hostile_pickles import CASES as PICKLE_CASES
 from hostile_pickles import GOOD_STORAGES, Entry, good_state_pickle, make_zip, sd1_checkpoint, torch_zip
@@ -544,7 +544,7 @@ def test_bad_input(bad: Bad, tmp_path: Path) -> None:
     old = signal.signal(signal.SIGALRM, _hung)
     signal.alarm(60)
     try:
-        code, out, err = _run(["analyze", str(path), "--format", "json", "--library", str(tmp_path / "lib"), "-q"],
+        code, out, err = _run(["analyze", str(path), "--format", "json", "--library", str(empty_library(tmp_path)), "-q"],
                               bad.heavy)
     finally:
         signal.alarm(0)

@@ -12,7 +12,7 @@ import blake3
 import torch
 from safetensors.torch import save_file
 
-from conftest import sdf
+from conftest import empty_library, sdf
 from sdforensics.hashing import FileDigester, hash_file
 
 
@@ -30,7 +30,7 @@ def _independent(path: Path, safetensors: bool) -> dict[str, str | None]:
 
 def test_cli_hashes_equal_independent_computation(family: dict[str, Path]) -> None:
     path = family["ft2"]
-    res = sdf("analyze", path, "--format", "json", "--library", path.parent / "nolib")
+    res = sdf("analyze", path, "--format", "json", "--library", empty_library(path.parent))
     assert res.exit_code == 0, res.stderr
     got = json.loads(res.stdout)["file"]
     want = _independent(path, safetensors=True)

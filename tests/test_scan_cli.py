@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import sdf
+from conftest import empty_library, sdf
 from hostile_pickles import GOOD_STORAGES, dumps, inst_payload, sd1_checkpoint, system_call, torch_zip
 
 from sdforensics.synth import family_specs, write_ckpt
@@ -114,7 +114,7 @@ def test_scan_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_analyze_refuses_a_dangerous_file_in_one_line(tmp_path: Path) -> None:
     path, marker = _evil(tmp_path)
-    res = sdf("analyze", path, "--library", tmp_path / "lib", "-q")
+    res = sdf("analyze", path, "--library", empty_library(tmp_path), "-q")
     assert res.exit_code == 2
     line = _one_error_line(res.stderr)
     assert str(path) in line and "os.system" in line and "refusing" in line
@@ -123,7 +123,7 @@ def test_analyze_refuses_a_dangerous_file_in_one_line(tmp_path: Path) -> None:
 
 
 def test_analyze_json_shows_the_scan_verdict_of_a_clean_pickle(lightning_ckpt: Path, tmp_path: Path) -> None:
-    res = sdf("analyze", lightning_ckpt, "--format", "json", "--library", tmp_path / "lib", "-q")
+    res = sdf("analyze", lightning_ckpt, "--format", "json", "--library", empty_library(tmp_path), "-q")
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     globals_ = {g["global"]: g["verdict"] for g in doc["pickle"]["globals"]}
@@ -134,7 +134,7 @@ def test_analyze_json_shows_the_scan_verdict_of_a_clean_pickle(lightning_ckpt: P
 
 
 def test_analyze_sd1_ckpt_reads_weights_and_lists_globals(sd1_ckpt: Path, tmp_path: Path) -> None:
-    res = sdf("analyze", sd1_ckpt, "--format", "json", "--library", tmp_path / "lib", "-q")
+    res = sdf("analyze", sd1_ckpt, "--format", "json", "--library", empty_library(tmp_path), "-q")
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["architecture"]["family"] == "sd1"
