@@ -888,6 +888,12 @@ def exercise(path: Path) -> str:
     try:
         fmt = ck.format()
         str(fmt)
+        if fmt.metadata:  # metadata decoding (recipes, kohya training fields) must not raise either
+            from sdforensics.lora import training_summary
+            from sdforensics.metadata import decode
+
+            decode(fmt.metadata)
+            training_summary(fmt.metadata)
         infos = ck.infos()
         cap = max(AMPLIFY_BYTES, AMPLIFY_RATIO * max(_input_size(path), 1))
         for info in infos:
