@@ -479,8 +479,9 @@ def member_pickles(f: BinaryIO, layout: ZipLayout) -> Iterator[tuple[ZipMember, 
         yield m, results, notes + unread
 
 
-def legacy_main_results(data: bytes, limits: Limits = Limits()) -> list[WalkResult] | None:
+def legacy_main_results(data: bytes, limits: Limits | None = None) -> list[WalkResult] | None:
     """The five walked pickles of a legacy (non-zip) torch file, or None when it is not one."""
+    limits = limits if limits is not None else Limits()
     first = walk(data, 0, limits)
     if not (first.stopped and not first.globals and _MAGIC_LEGACY_PICKLE in data[:first.end]):
         return None
@@ -698,7 +699,7 @@ def _sniff_path(p: Path) -> str:
 
 
 def _esc(s: str) -> str:
-    """Escape control, bidi, invisible and other non-printable characters for terminals and logs.
+    r"""Escape control, bidi, invisible and other non-printable characters for terminals and logs.
 
     >>> _esc("a\u202eb\u200bc\x1b")
     'a\\u202eb\\u200bc\\x1b'

@@ -763,6 +763,10 @@ def mutate_folder(rng: random.Random, folder: Path, outside: Path) -> None:
                                "diffusion_pytorch_model.fp16.safetensors", "model.safetensors.index.json",
                                "diffusion_pytorch_model.safetensors.index.json", "config.json"))
             src = rng.choice(files)
+            if (sub / name).is_symlink():  # an earlier op linked or made a folder there: replace it
+                (sub / name).unlink()
+            elif (sub / name).is_dir():
+                shutil.rmtree(sub / name)
             (sub / name).write_bytes(src.read_bytes() if rng.random() < 0.7 else b"print('x')\n")
         elif op == 8 and weights:
             w = rng.choice(weights)

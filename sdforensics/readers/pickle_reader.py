@@ -50,6 +50,7 @@ from ..scan import (
     read_zip_layout,
     sniff,
 )
+from ..shape_bounds import shape_overflows
 from ..zip_members import resolve_main_pickle
 from .base import FormatInfo, PickleGlobal, TensorInfo
 
@@ -139,6 +140,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
         raise _Refuse("a tensor has a bad storage offset or a stride/size length mismatch")
     if any(d < 0 for d in shape) or any(s < 0 for s in strides):
         raise _Refuse("a tensor has a negative size or stride")
+    if shape_overflows(shape, storage.dtype.itemsize):
+        raise _Refuse(f"a tensor has a size {list(shape)} whose storage size overflows 64 bits (torch cannot "
+                      "build it, even with a 0 dimension)")
     return LazyTensor(storage, offset, shape, strides)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from sdforensics.dtypes import DTYPES
 from sdforensics.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
+from sdforensics.shape_bounds import shape_overflows
 
 if TYPE_CHECKING:
     import torch
@@ -146,6 +147,9 @@ def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
             raise CorruptFileError(f"{where}: tensor {label!r} has an invalid shape {_short(str(shape))}")
         if any(d >= 2**63 for d in shape):  # even with a 0 dim (0 bytes), torch cannot build the shape
             raise CorruptFileError(f"{where}: tensor {label!r} has a dimension of 2^63 or more")
+        if shape_overflows(shape, DTYPES[code].itemsize):
+            raise CorruptFileError(f"{where}: tensor {label!r} has a shape {_short(str(shape))} whose size "
+                                   "overflows 64 bits (torch cannot build it, even with a 0 dimension)")
         offsets = entry["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
             raise CorruptFileError(f"{where}: tensor {label!r} has invalid data_offsets {offsets!r}")
