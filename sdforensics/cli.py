@@ -7,7 +7,6 @@ document on stdout.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from sdforensics import json_out
 from sdforensics.errors import SdfError
 from sdforensics.progress import ProgressBar
 from sdforensics.safetext import printable
@@ -136,7 +136,7 @@ def analyze(
         bar.close()
         compare_bar.close()
         if format is Format.json:
-            return json.dumps(result.to_json(), indent=1, default=str)
+            return json_out.dumps(result.to_json(), indent=1, default=str)
         if format is Format.html:
             from sdforensics.render_html import analysis_to_html
 
@@ -158,7 +158,7 @@ def compare(
 
     def go() -> str:
         result = compare_files(a, b)
-        return json.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
+        return json_out.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
 
     _emit(run(go), None)
 
@@ -173,7 +173,7 @@ def scan(
 
     report = run(lambda: scan_path(path))
     _emit(
-        json.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report),
+        json_out.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report),
         None,
     )
     raise typer.Exit(exit_code(report))
@@ -267,7 +267,7 @@ def refs_list(
     def go() -> str:
         rows = list_references(library, include_registry=registry)
         if format is ListFormat.json:
-            return json.dumps({"schema": "sdforensics.refs/1", "references": rows}, indent=1)
+            return json_out.dumps({"schema": "sdforensics.refs/1", "references": rows}, indent=1)
         lines = []
         for r in rows:
             mark = "fingerprint" if r["fingerprint"] else "hash only  "
