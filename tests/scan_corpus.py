@@ -216,6 +216,23 @@ def _items() -> list[Item]:
     add("b_payload_in_storage_member", lambda m: torch_zip(good_state_pickle(), {"0": dumps(system_call(m), 4)}),
         runs=False, group="bypass")
     add("b_bin_suffix", lambda m: _z(dumps(system_call(m))), suffix=".bin", group="bypass")
+    # picklescan #66 / #74 (GHSA-vvpj-8cmc-gx39 follow-up): resolvers that return any callable
+    add("b_importlib_getattr_chain", lambda m: _z(dumps(R(R(G("builtins", "getattr"), (
+        R(G("importlib", "import_module"), ("os",)), "system")), (_sh(m),)))), group="bypass")
+    add("b_pkgutil_resolve_name", lambda m: _z(_chain(G("pkgutil", "resolve_name"), "os.system", m)), group="bypass")
+    add("b_marshal_function", lambda m: _z(dumps(R(R(G("types", "FunctionType"), (
+        R(G("marshal", "loads"), (_marshalled(m),)), {})), ()))), group="bypass")
+    # GHSA-m273-6v24-x4m4 / GHSA-955r-x9j8-7rhh (fickling #210): operator.* on a module object
+    add("b_operator_methodcaller", lambda m: _z(dumps(R(R(G("operator", "methodcaller"), ("system", _sh(m))), (
+        R(G("importlib", "import_module"), ("os",)),)))), group="bypass")
+    add("b_operator_attrgetter", lambda m: _z(dumps(R(R(R(G("_operator", "attrgetter"), ("system",)), (
+        R(G("importlib", "import_module"), ("os",)),)), (_sh(m),)))), group="bypass")
+    # fickling #210: functools.partial wrapper; runpy / shutil / venv (picklescan #29, modelscan #198)
+    add("b_functools_partial", lambda m: _z(dumps(R(R(G("functools", "partial"), (G("posix", "system"), _sh(m))),
+                                                    ()))), group="bypass")
+    add("b_runpy_run_code", lambda m: _z(dumps(R(G("runpy", "_run_code"), (py_code(m), {})))), group="bypass")
+    add("b_shutil_copyfile", lambda m: _z(dumps(R(G("shutil", "copyfile"), (os.devnull, str(m))))), group="bypass")
+    add("b_venv_create", lambda m: _z(dumps(R(G("venv", "create"), (str(m),)))), group="bypass")
 
     # legitimate files (written by torch.save itself where possible)
     def legit(name: str, build: Callable[[Path], bytes], suffix: str = ".ckpt") -> None:
@@ -251,6 +268,12 @@ def _items() -> list[Item]:
     legit("l_safetensors", lambda m: _safetensors_bytes())
     legit("l_plain_dict_bin", lambda m: _torch_save({"state_dict": state(), "step": 5}), suffix=".bin")
     return items
+
+
+def _marshalled(m: Path) -> bytes:
+    import marshal
+
+    return marshal.dumps(compile(py_code(m), "<payload>", "exec"))
 
 
 def _safetensors_bytes() -> bytes:
