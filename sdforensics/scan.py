@@ -39,7 +39,7 @@ from .zip_members import resolve_main_pickle
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 MAX_ZIP_MEMBERS = 200_000
-MAX_INFLATED_BYTES = 256 * 1024 * 1024
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 """Most bytes inflated from all deflated members of one file together (a zip bomb of many
 central-directory entries pointing at one member would otherwise inflate it again and again)."""
 MAX_SECONDS = 60.0
