@@ -136,3 +136,17 @@ def test_fifo_in_a_folder_is_not_opened(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.ckpt")
     report = scan_path(tmp_path / "pipe.ckpt")
     assert exit_code(report) == 2 and "not a regular file" in (report.files[0].error or "")
+
+
+@pytest.mark.parametrize("qual", [
+    "logging.config.dictConfig", "logging.config._resolve", "torch._utils._import_dotted_name",
+    "uuid._get_command_stdout", "_osx_support._read_output", "typing._eval_type", "dataclasses._create_fn",
+    "os.spawnlp", "os.posix_spawnp", "codecs.open", "mailcap.findmatch", "imaplib.IMAP4_stream",
+])
+def test_defect_4_globals_are_named_dangerous(qual: str) -> None:
+    """Each runs code or touches files (the corpus proves it); unknown callables already exit 1,
+    the denylist sharpens the verdict to 'dangerous'."""
+    from sdforensics.pickle_ops import verdict
+
+    module, name = qual.rsplit(".", 1)
+    assert verdict(module, name) == "dangerous"
