@@ -7,7 +7,6 @@ document on stdout.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from sdforensics import json_out
 from sdforensics.errors import SdfError
 from sdforensics.progress import ProgressBar
 from sdforensics.safetext import printable
@@ -253,7 +253,7 @@ def analyze(
         bar.close()
         compare_bar.close()
         if format is Format.json:
-            return json.dumps(result.to_json(), indent=1, default=str)
+            return json_out.dumps(result.to_json(), indent=1, default=str)
         if format is Format.html:
             from sdforensics.render_html import analysis_to_html
 
@@ -279,7 +279,7 @@ def compare(
 
     def go() -> str:
         result = compare_files(a, b, base=base)
-        return json.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
+        return json_out.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
 
     _emit(run(go), None)
 
@@ -295,7 +295,7 @@ def scan(
 
     report = run(lambda: scan_path(path))
     _emit(
-        json.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report),
+        json_out.dumps(scan_to_json(report), indent=1) if format is ListFormat.json else render_scan_text(report),
         None,
     )
     raise typer.Exit(exit_code(report))
@@ -405,7 +405,7 @@ def refs_list(
         rows = list_references(library, include_registry=True)
         if format is ListFormat.json:
             shown = rows if registry else [r for r in rows if r["fingerprint"]]
-            return json.dumps({"schema": "sdforensics.refs/1", "references": shown}, indent=1)
+            return json_out.dumps({"schema": "sdforensics.refs/1", "references": shown}, indent=1)
         return render_reference_list(rows, registry)
 
     _emit(run(go), None)
@@ -429,7 +429,7 @@ def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.t
     problems = run(go)
     if format is ListFormat.json:
         folders = [str(f) for f in run(lambda: search_path(library))]
-        typer.echo(json.dumps({"schema": "sdforensics.verify/1", "ok": not problems, "libraries": folders,
+        typer.echo(json_out.dumps({"schema": "sdforensics.verify/1", "ok": not problems, "libraries": folders,
                                "problems": problems}, indent=1))
     else:
         for p in problems:
@@ -476,7 +476,7 @@ SeedOpt = Annotated[int, typer.Option(metavar="N", help="Random seed (the same s
 
 def _paths_out(paths: list[Path], format: ListFormat) -> str:
     if format is ListFormat.json:
-        return json.dumps({"schema": "sdforensics.synth/1", "files": [str(p) for p in paths]}, indent=1)
+        return json_out.dumps({"schema": "sdforensics.synth/1", "files": [str(p) for p in paths]}, indent=1)
     return "\n".join(str(p) for p in paths)
 
 

@@ -27,6 +27,7 @@ convention (``down`` [r, in, kh, kw], ``up`` [out, r, 1, 1]).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +36,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdforensics.errors import UnsupportedFormatError
+from sdforensics.errors import CorruptFileError, UnsupportedFormatError
+from sdforensics.lora_factors import check_factor
 from sdforensics.lora_keys import FAMILIES, KOHYA_PREFIXES, Target, cloneofsimo_orders, module_index
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import TensorInfo
@@ -284,7 +286,7 @@ def is_lora(infos: Iterable[TensorInfo]) -> bool:
     if not infos:
         return False
     names = [i.name for i in infos]
-    if all(n.isdigit() for n in names):
+    if all(n.isascii() and n.isdigit() for n in names):
         return _pair_list([i.shape for i in sorted(infos, key=lambda i: int(i.name))])
     for n in names:
         if n.startswith(tuple(KOHYA_PREFIXES)) and "." in n and n.split(".", 1)[1] in KOHYA_ROLES:
@@ -327,8 +329,11 @@ def read_lora(path: Path) -> LoraFile:
         ckpt.close()
     meta = dict(fmt.metadata)
     names = list(tensors)
-    if all(n.isdigit() for n in names):
+    if all(n.isascii() and n.isdigit() for n in names):
         pairs = [(tensors[str(2 * i)], tensors[str(2 * i + 1)]) for i in range(len(names) // 2)]
+        for i, (up, down) in enumerate(pairs):
+            check_factor(str(2 * i), "up", up)
+            check_factor(str(2 * i + 1), "down", down)
         layers, family, compat, notes = _cloneofsimo({"": pairs}, meta)
         return LoraFile(path, "cloneofsimo-list", family, layers, fmt.container, meta, {}, compat, (), notes)
     if any(_CLONE.match(n) for n in names):
@@ -409,6 +414,8 @@ def _kind(roles: Mapping[str, Any]) -> str:
 
 
 def _make_layer(name: str, comp: str, roles: Mapping[str, torch.Tensor], target: Target | None) -> LoraLayer:
+    for role, t in roles.items():
+        check_factor(name, role, t)
     factors = {r: t for r, t in roles.items() if r != "alpha"}
     alpha = float(roles["alpha"].float().reshape(-1)[0]) if "alpha" in roles and roles["alpha"].numel() else None
     return LoraLayer(name, _kind(roles), factors, alpha, target, comp)
@@ -460,6 +467,10 @@ def _read_cloneofsimo(path: Path, tensors: Mapping[str, torch.Tensor], meta: dic
             embeddings[name] = tuple(t.shape)
         else:
             ignored.append(name)
+    for comp, g in groups.items():
+        for i, roles in g.items():
+            for role, t in roles.items():
+                check_factor(f"{comp}:{i}", role, t)
     pairs = {comp: [(g[i]["up"], g[i]["down"]) for i in sorted(g)] for comp, g in groups.items()}
     layers, family, compat, notes = _cloneofsimo(pairs, meta)
     return LoraFile(path, "cloneofsimo", family, layers, container, meta, embeddings, compat, tuple(ignored), notes)
@@ -566,6 +577,10 @@ def training_summary(metadata: Mapping[str, str]) -> dict[str, Any]:
             if isinstance(per_dir, dict):
                 for tag, n in per_dir.items():
                     if isinstance(n, int | float) and not isinstance(n, bool):
+                        if isinstance(n, float) and not math.isfinite(n):
+                            raise CorruptFileError(f"metadata field ss_tag_frequency: tag "
+                                                   f"{printable(str(tag), 60)!r} has a count of {n}, "
+                                                   "not a finite number")
                         counts[str(tag).strip()] += int(n)
         out["tags_top"] = [[printable(t, 100), n] for t, n in counts.most_common(5)]
         out["tags_unique"] = len(counts)

@@ -19,10 +19,12 @@ anyone prints it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdforensics.errors import CorruptFileError
 from sdforensics.safetext import printable
 
 _JSON_CAP = 4 << 20
@@ -66,17 +68,21 @@ def _loads(text: str) -> Any:
         return None
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool):
+def _num(value: Any, field: str) -> float | None:
+    """``value`` as a float; None when it is not a number; CorruptFileError naming ``field`` when it is a
+    number no float holds (``10**400``, ``1e400``, ``"inf"``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    try:
+        out = float(value)
+    except ValueError:
+        return None
+    except OverflowError:
+        out = float("inf")
+    if not math.isfinite(out):
+        raise CorruptFileError(f"metadata field {field} is {printable(str(value)[:40], 40)}"
+                               f"{'...' if len(str(value)) > 40 else ''}, not a finite number")
+    return out
 
 
 def _hash_str(value: Any) -> str | None:
@@ -110,7 +116,7 @@ def _label(model: DeclaredModel | None, fallback: str) -> str:
 def _webui(recipe: dict[str, Any], models_raw: Any) -> DeclaredRecipe:
     hashes = [recipe.get(k) for k in ("primary_model_hash", "secondary_model_hash", "tertiary_model_hash")]
     models = _models(models_raw, [h if isinstance(h, str) else None for h in hashes])
-    m = _num(recipe.get("multiplier"))
+    m = _num(recipe.get("multiplier"), "sd_merge_recipe.multiplier")
     method = printable(str(recipe.get("interp_method", "?")), 40)
     a, b, c = (_label(models[i] if i < len(models) else None, n) for i, n in enumerate("ABC"))
     if method == "Weighted sum" and m is not None:
@@ -125,14 +131,14 @@ def _webui(recipe: dict[str, Any], models_raw: Any) -> DeclaredRecipe:
 def _supermerger(recipe: dict[str, Any], models_raw: Any) -> DeclaredRecipe:
     hashes = [recipe.get(k) for k in ("model_a", "model_b", "model_c")]
     models = _models(models_raw, [h if isinstance(h, str) else None for h in hashes])
-    alpha = _num(recipe.get("base_alpha"))
+    alpha = _num(recipe.get("base_alpha"), "sd_merge_recipe.base_alpha")
     mode = printable(str(recipe.get("mode", "?")), 40)
     weights = recipe.get("weights_alpha")
     blocks: tuple[float, ...] | None = None
     if isinstance(weights, str):
         weights = weights.split(",")
     if isinstance(weights, list):
-        parsed = [_num(w) for w in weights]
+        parsed = [_num(w, "sd_merge_recipe.weights_alpha") for w in weights]
         if parsed and all(p is not None for p in parsed):
             blocks = tuple(float(p) for p in parsed if p is not None)
     a, b, c = (_label(models[i] if i < len(models) else None, n) for i, n in enumerate("ABC"))

@@ -24,6 +24,7 @@ import codecs
 import fnmatch
 import json
 import struct
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -116,6 +117,20 @@ class Limits:
     max_depth: int = 200
     max_weight: int = 50_000_000
     """Objects reachable when shared references are expanded (a "billion laughs" bomb)."""
+    deadline: float | None = None
+    """``time.monotonic()`` past which the walk stops (over limit); None: no time bound."""
+
+    @classmethod
+    def for_contents(cls, n_records: int = 0, deadline: float | None = None) -> Limits:
+        """Limits scaled to what the file declares: a torch zip of ``n_records`` members needs
+        about 30 opcodes and 5 memo entries per storage (a ``torch.save`` of 40,000 tensors
+        takes 1.3 M opcodes), so each record allows 64 more of both on top of the defaults.
+
+        >>> Limits.for_contents(40_000).max_opcodes
+        3560000
+        """
+        extra = 64 * max(n_records, 0)
+        return cls(max_opcodes=1_000_000 + extra, max_memo_index=1_000_000 + extra, deadline=deadline)
 
 
 @dataclass(frozen=True)
@@ -289,6 +304,8 @@ def walk(data: bytes, start: int = 0, limits: Limits = Limits()) -> WalkResult:
             n += 1
             if n > limits.max_opcodes:
                 raise _Stop(f"more than {limits.max_opcodes:,} opcodes", over_limit=True)
+            if limits.deadline is not None and not n & 0xFFF and time.monotonic() > limits.deadline:
+                raise _Stop(f"the time limit was reached at byte {op_pos}", over_limit=True)
             spec = _OPS.get(code)
             if spec is None:
                 raise _Stop(f"unknown opcode 0x{code:02x} at byte {op_pos}")

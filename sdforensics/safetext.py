@@ -10,6 +10,8 @@ the HTML renderer on top of this.
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def human_size(n: float) -> str:
     """Bytes in decimal units: ``8.57 MB``.
@@ -39,13 +41,25 @@ def percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+def _hidden(ch: str) -> bool:
+    """Control (Cc), format (Cf: every bidi embedding/override/isolate/mark, zero-width and BOM),
+    surrogate, private-use and unassigned characters, and line/paragraph separators."""
+    cat = unicodedata.category(ch)
+    return cat[0] == "C" or cat in ("Zl", "Zp")
+
+
 def printable(text: str, limit: int | None = 500) -> str:
-    """``text`` with control characters escaped, cut to ``limit`` characters (None: no cut)."""
+    r"""``text`` with control, bidi and invisible characters escaped, cut to ``limit`` characters (None: no cut).
+
+    >>> printable("a\u202ab\u2067c\u200bd\u061ce\ufefff\u00adg")
+    'a\\u202ab\\u2067c\\u200bd\\u061ce\\ufefff\\xadg'
+    """
     out = []
     for ch in text:
         code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029\u202e\u202d\u2066\u2067\u2068\u2069":
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        if code < 0x20 or 0x7F <= code < 0xA0 or (code >= 0xA0 and _hidden(ch)):
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                       else f"\\U{code:08x}")
         else:
             out.append(ch)
     result = "".join(out)

@@ -763,6 +763,10 @@ def mutate_folder(rng: random.Random, folder: Path, outside: Path) -> None:
                                "diffusion_pytorch_model.fp16.safetensors", "model.safetensors.index.json",
                                "diffusion_pytorch_model.safetensors.index.json", "config.json"))
             src = rng.choice(files)
+            if (sub / name).is_symlink():  # an earlier op linked or made a folder there: replace it
+                (sub / name).unlink()
+            elif (sub / name).is_dir():
+                shutil.rmtree(sub / name)
             (sub / name).write_bytes(src.read_bytes() if rng.random() < 0.7 else b"print('x')\n")
         elif op == 8 and weights:
             w = rng.choice(weights)
@@ -888,6 +892,12 @@ def exercise(path: Path) -> str:
     try:
         fmt = ck.format()
         str(fmt)
+        if fmt.metadata:  # metadata decoding (recipes, kohya training fields) must not raise either
+            from sdforensics.lora import training_summary
+            from sdforensics.metadata import decode
+
+            decode(fmt.metadata)
+            training_summary(fmt.metadata)
         infos = ck.infos()
         cap = max(AMPLIFY_BYTES, AMPLIFY_RATIO * max(_input_size(path), 1))
         for info in infos:

@@ -35,7 +35,7 @@ def test_hostile_file_verdict(tmp_path: Path, case) -> None:  # type: ignore[no-
     assert fs.verdict == case.scan, (fs.globals, fs.findings, fs.error)
     if case.global_:
         assert any(g.qualname == case.global_ and g.verdict == "dangerous" for g in fs.globals)
-    assert exit_code(report) == (1 if case.scan == "dangerous" else 2 if fs.error else 0)
+    assert exit_code(report) == {"dangerous": 1, "suspicious": 1, "error": 2, "clean": 0}[case.scan]
     json.dumps(scan_to_json(report))
     assert not marker.exists()
 

@@ -50,6 +50,8 @@ from ..scan import (
     read_zip_layout,
     sniff,
 )
+from ..shape_bounds import shape_overflows
+from ..zip_members import resolve_main_pickle
 from .base import FormatInfo, PickleGlobal, TensorInfo
 
 MAX_NODES = 5_000_000
@@ -138,6 +140,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
         raise _Refuse("a tensor has a bad storage offset or a stride/size length mismatch")
     if any(d < 0 for d in shape) or any(s < 0 for s in strides):
         raise _Refuse("a tensor has a negative size or stride")
+    if shape_overflows(shape, storage.dtype.itemsize):
+        raise _Refuse(f"a tensor has a size {list(shape)} whose storage size overflows 64 bits (torch cannot "
+                      "build it, even with a 0 dimension)")
     return LazyTensor(storage, offset, shape, strides)
 
 
@@ -414,12 +419,14 @@ def _open_zip(path: Path, f: BinaryIO) -> PickleCheckpoint:
     findings = [a.text for a in layout.anomalies]
     if is_torchscript(layout):
         raise UnsupportedFormatError(f"{path}: a TorchScript archive; sdforensics never loads TorchScript")
-    pkls = [m for m in layout.members if m.name == "data.pkl" or m.name.endswith("/data.pkl")]
+    pkls = [m for m in layout.members if m.name.lower() == "data.pkl" or m.name.lower().endswith("/data.pkl")]
+    resolved = resolve_main_pickle(layout.members)
     main = main_pickle(layout)
     if len(pkls) != 1 or main is None:
+        why = f" ({_esc(resolved.problem)})" if resolved.problem else ""
         raise CorruptFileError(f"{path}: zip holds {len(pkls)} data.pkl members, expected one "
-                               "<folder>/data.pkl; not a torch checkpoint")
-    prefix = main.name[: -len("data.pkl")]
+                               f"<folder>/data.pkl{why}; not a torch checkpoint")
+    prefix = resolved.prefix
     main_walk: WalkResult | None = None
     for m, results, notes in member_pickles(f, layout):
         findings += notes

@@ -18,6 +18,7 @@ import io
 import json
 import mmap
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from sdforensics.dtypes import DTYPES
 from sdforensics.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
+from sdforensics.shape_bounds import shape_overflows
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +39,12 @@ HEADER_CAP = 100 * 1024 * 1024
 TENSOR_CAP = 50_000
 """Most tensors we accept in one file: SD checkpoints hold a few thousand, and a header of a million
 tiny tensors (BAD_INPUTS 14) would cost minutes downstream."""
+
+MAX_HEADER_ELEMENTS = 2_000_000
+"""Most JSON values (objects, arrays, numbers, strings) a header may hold: an SD checkpoint's
+header has ~10 per tensor, so a few tens of thousands. Parsing 33 M empty objects would cost
+over 3 GB of memory before any check could run."""
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 ByteTap = Callable[[memoryview | bytes | bytearray], None]
 """Receives every byte of the file, in order, as :meth:`SafetensorsCheckpoint.tensors` reads it."""
@@ -87,12 +95,29 @@ def _short(name: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
+def _count_json_values(raw: bytes) -> int:
+    """An upper bound on the values in a JSON text, without parsing it: separators and opening
+    brackets outside strings, plus one (strings are blanked first, in C, so commas in a long
+    metadata string do not count).
+
+    >>> _count_json_values(b'{"a": [1, 2, {}], "b,c": "x,y"}')
+    9
+    """
+    bare = _JSON_STRING.sub(b'""', raw)
+    return bare.count(b",") + bare.count(b"[") + bare.count(b"{") + bare.count(b":") + 1
+
+
 def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
     """Validate header bytes of a file of ``file_size`` bytes; ``where`` names it in errors."""
     header_len = len(raw)
     if raw.count(b'"data_offsets"') > TENSOR_CAP:  # cheap bound before parsing a huge header
         raise CorruptFileError(f"{where}: the header declares more than {TENSOR_CAP:,} tensors (SD checkpoints "
                                "hold a few thousand); refusing it")
+    n_values = _count_json_values(raw)
+    if n_values > MAX_HEADER_ELEMENTS:
+        raise CorruptFileError(f"{where}: the header holds about {n_values:,} JSON values (limit "
+                               f"{MAX_HEADER_ELEMENTS:,}; an SD checkpoint's holds a few tens of thousands); "
+                               "refusing to parse it")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -146,6 +171,9 @@ def parse_header(raw: bytes, file_size: int, where: str) -> SafetensorsHeader:
             raise CorruptFileError(f"{where}: tensor {label!r} has an invalid shape {_short(str(shape))}")
         if any(d >= 2**63 for d in shape):  # even with a 0 dim (0 bytes), torch cannot build the shape
             raise CorruptFileError(f"{where}: tensor {label!r} has a dimension of 2^63 or more")
+        if shape_overflows(shape, DTYPES[code].itemsize):
+            raise CorruptFileError(f"{where}: tensor {label!r} has a shape {_short(str(shape))} whose size "
+                                   "overflows 64 bits (torch cannot build it, even with a 0 dimension)")
         offsets = entry["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
             raise CorruptFileError(f"{where}: tensor {label!r} has invalid data_offsets {offsets!r}")
