@@ -31,7 +31,7 @@ CAT = REAL / "catundchat-stable-diffusion-v1.5-lora" / "pytorch_lora_weights.saf
 
 def _synth():  # noqa: ANN202 - the module; synth moves between layouts
     try:
-        import sdforensics.synth.synth as s  # type: ignore[import-not-found]
+        import sdforensics.synth.specs as s  # type: ignore[import-not-found]
     except ImportError:
         import sdforensics.synth as s  # type: ignore[no-redef]
     return s
@@ -115,13 +115,16 @@ class Dare:
 def _baked(s, models: Path, libs: Path) -> dict[str, tuple[Path, Path]]:  # noqa: ANN001
     """A real LoRA baked at 0.8 into a full-width base (24 of its layers written, as tests/test_lora_cli.py)."""
     try:
-        from sdforensics.lora.lora import read_lora  # type: ignore[import-not-found]
+        from sdforensics.lora.files import read_lora  # type: ignore[import-not-found]
     except ImportError:
         from sdforensics.lora import read_lora  # type: ignore[no-redef]
     try:
         from sdforensics.synth.lora_bake import Baked  # type: ignore[import-not-found]
     except ImportError:
-        from sdforensics.lora_bake import Baked  # type: ignore[no-redef]
+        try:
+            from sdforensics.lora.fingerprint import Baked  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            from sdforensics.lora_bake import Baked  # type: ignore[no-redef]
     lora = read_lora(CAT)
     keep = set(sorted(lora.targets())[:24])
     base = s.Base("sd1", width=1, seed=4)

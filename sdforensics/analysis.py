@@ -1,6 +1,6 @@
 """``analyze(path)``: everything sdforensics can tell about one checkpoint, as one value.
 
-The flow is one-way: the file is opened and its headers interpreted (:mod:`sdforensics.passes`),
+The flow is one-way: the file is opened and its headers interpreted (:mod:`sdforensics.model.stream`),
 its tensors streamed once to the collectors, and the results assembled into an
 :class:`Analysis`, which renders itself as text, JSON or HTML and in Jupyter.
 
@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdforensics.arch import ArchitectureReport
-from sdforensics.hashing import FileHashes
-from sdforensics.identity import Identity, IdentityCollector, build_identity, identity_problems
-from sdforensics.metadata import Metadata, decode
-from sdforensics.passes import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
-from sdforensics.problems import Problem, problem
+from sdforensics.core.safetext import printable
+from sdforensics.model.architecture import architecture
+from sdforensics.model.detect import ArchitectureReport
+from sdforensics.model.hashing import FileHashes
+from sdforensics.model.identity import Identity, IdentityCollector, build_identity, identity_problems
+from sdforensics.model.metadata import Metadata, decode
+from sdforensics.model.problems import Problem, problem
+from sdforensics.model.stream import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
-from sdforensics.safetext import printable
-from sdforensics.tables import architecture
 
 
 @dataclass(frozen=True)
@@ -46,68 +46,68 @@ class Analysis:
         return self.layout.architecture
 
     def to_json(self) -> dict[str, Any]:
-        from sdforensics.render_json import analysis_to_json
+        from sdforensics.report.render_json import analysis_to_json
 
         return analysis_to_json(self)
 
     def to_text(self) -> str:
-        from sdforensics.render_text import analysis_to_text
+        from sdforensics.report.render_text import analysis_to_text
 
         return analysis_to_text(self)
 
     def to_html(self, fragment: bool = False) -> str:
         """The self-contained HTML report (``fragment``: a <div> for embedding)."""
-        from sdforensics.render_html import analysis_to_html
+        from sdforensics.report.render_html import analysis_to_html
 
         return analysis_to_html(self, fragment=fragment)
 
     def _repr_html_(self) -> str:
         return self.to_html(fragment=True)
 
-    # pandas views and matplotlib figures for notebooks (see sdforensics.frames / sdforensics.plots)
+    # pandas views and matplotlib figures for notebooks (see sdforensics.report.frames / sdforensics.report.plots)
 
     def similarity_frame(self) -> Any:
-        from sdforensics.frames import similarity_frame
+        from sdforensics.report.frames import similarity_frame
 
         return similarity_frame(self)
 
     def block_similarity_frame(self) -> Any:
-        from sdforensics.frames import block_similarity_frame
+        from sdforensics.report.frames import block_similarity_frame
 
         return block_similarity_frame(self)
 
     def recipe_frame(self) -> Any:
-        from sdforensics.frames import recipe_frame
+        from sdforensics.report.frames import recipe_frame
 
         return recipe_frame(self)
 
     def blocks_frame(self) -> Any:
-        from sdforensics.frames import blocks_frame
+        from sdforensics.report.frames import blocks_frame
 
         return blocks_frame(self)
 
     def layers_frame(self) -> Any:
-        from sdforensics.frames import layers_frame
+        from sdforensics.report.frames import layers_frame
 
         return layers_frame(self)
 
     def plot_recipe(self) -> Any:
-        from sdforensics.plots import recipe_figure
+        from sdforensics.report.plots import recipe_figure
 
         return recipe_figure(self)
 
     def plot_blocks(self) -> Any:
-        from sdforensics.plots import blocks_figure
+        from sdforensics.report.plots import blocks_figure
 
         return blocks_figure(self)
 
     def plot_similarity(self) -> Any:
-        from sdforensics.plots import similarity_figure
+        from sdforensics.report.plots import similarity_figure
 
         return similarity_figure(self)
 
     def plot_unexplained(self) -> Any:
-        from sdforensics.plots import unexplained_figure
+        from sdforensics.report.plots import unexplained_figure
 
         return unexplained_figure(self)
 

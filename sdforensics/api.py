@@ -1,7 +1,7 @@
 """The library API the CLI and notebooks call: analyze, fingerprint, compare.
 
-Each function reads its input once (:mod:`sdforensics.passes`), then hands arrays to the math
-modules (:mod:`sdforensics.compare`, :mod:`sdforensics.estimate`) and returns values.
+Each function reads its input once (:mod:`sdforensics.model.stream`), then hands arrays to the math
+modules (:mod:`sdforensics.fingerprint.similarity`, :mod:`sdforensics.recipe.estimate`) and returns values.
 """
 
 from __future__ import annotations
@@ -14,15 +14,22 @@ from typing import Any
 import numpy as np
 
 from sdforensics.analysis import Analysis, collect
-from sdforensics.compare import Similarity, identical_components, select_references
-from sdforensics.errors import SdfError
-from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
-from sdforensics.library import RefEntry, Reference, library_scheme, load_reference, reference_entries, search_path
-from sdforensics.library_compare import compare_with_library
-from sdforensics.passes import Progress
+from sdforensics.core.errors import SdfError
+from sdforensics.core.runtime import blas_threads, torch_threads
+from sdforensics.fingerprint.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
+from sdforensics.fingerprint.similarity import Similarity, identical_components, select_references
+from sdforensics.library.search import compare_with_library
+from sdforensics.library.store import (
+    RefEntry,
+    Reference,
+    library_scheme,
+    load_reference,
+    reference_entries,
+    search_path,
+)
+from sdforensics.model.architecture import architecture, block_maps
+from sdforensics.model.stream import Progress
 from sdforensics.readers.base import Checkpoint
-from sdforensics.runtime import blas_threads, torch_threads
-from sdforensics.tables import architecture, block_maps
 
 
 def _identity(a: Analysis) -> dict[str, Any]:
@@ -66,7 +73,7 @@ def fingerprint_model(
 
 
 def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> list[dict[str, Any]] | None:
-    from sdforensics.registry import load_registry, shipped_registry
+    from sdforensics.library.registry import load_registry, shipped_registry
 
     try:
         reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
@@ -83,7 +90,7 @@ def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> list[dic
 
 
 def _match_json(m: Any) -> dict[str, Any]:
-    from sdforensics.registry import lineage_hint
+    from sdforensics.library.registry import lineage_hint
 
     e = m.entry
     return {
@@ -115,8 +122,8 @@ def _entry(entries: list[RefEntry], name: str) -> RefEntry:
 def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
     """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
     if is_lora_file(path):
-        from sdforensics.lora import read_lora
-        from sdforensics.lora_bake import lora_fingerprint
+        from sdforensics.lora.files import read_lora
+        from sdforensics.lora.fingerprint import lora_fingerprint
 
         lora = read_lora(Path(path))
         if lora.family is None:
@@ -139,7 +146,7 @@ def is_lora_file(path: Path) -> bool:
 
 def _open_model(path: Path) -> Checkpoint | None:
     """The opened checkpoint (headers validated) when ``path`` is a model; None for a LoRA."""
-    from sdforensics.lora import is_lora
+    from sdforensics.lora.files import is_lora
     from sdforensics.readers import open_checkpoint
 
     ckpt = open_checkpoint(Path(path))
@@ -159,7 +166,7 @@ _NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "
 
 def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
     """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
-    from sdforensics.lora import describe_lora, read_lora
+    from sdforensics.lora.files import describe_lora, read_lora
 
     analysis = collect(Path(path), progress=progress)
     info = describe_lora(read_lora(Path(path)))
@@ -284,7 +291,7 @@ def candidates(sim: Similarity, base: int | None, limit: int = MAX_CANDIDATES) -
 def estimate(
     fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity, loras: list[Reference] | None = None
 ) -> tuple[Any, Any, Any] | None:
-    from sdforensics.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
+    from sdforensics.recipe.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
 
     layers = []
     for row in sim.layers:
@@ -340,9 +347,9 @@ def build_official(
     progress: Progress | None = None,
 ) -> list[tuple[str, Path]]:
     """Fingerprint the official models in ``folder`` (recognised by SHA-256) into ``library``."""
-    from sdforensics.library import Library
-    from sdforensics.official import find_official_files
-    from sdforensics.registry import load_registry, shipped_registry
+    from sdforensics.library.official import find_official_files
+    from sdforensics.library.registry import load_registry, shipped_registry
+    from sdforensics.library.store import Library
 
     reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
     lib = Library(library)

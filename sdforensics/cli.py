@@ -1,6 +1,6 @@
 """``sdf``: the command line. It parses options, calls the library and prints; nothing else.
 
-Every user-facing failure is an :class:`~sdforensics.errors.SdfError`, printed as one line on
+Every user-facing failure is an :class:`~sdforensics.core.errors.SdfError`, printed as one line on
 stderr with exit code 2. Progress goes to stderr; ``--format json`` prints exactly one JSON
 document on stdout.
 """
@@ -17,9 +17,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sdforensics.errors import SdfError
-from sdforensics.progress import ProgressBar
-from sdforensics.safetext import printable
+from sdforensics.core.errors import SdfError
+from sdforensics.core.progress import ProgressBar
+from sdforensics.core.safetext import printable
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="What did the author mix in, and how much?"
@@ -138,7 +138,7 @@ def analyze(
         if format is Format.json:
             return json.dumps(result.to_json(), indent=1, default=str)
         if format is Format.html:
-            from sdforensics.render_html import analysis_to_html
+            from sdforensics.report.render_html import analysis_to_html
 
             return analysis_to_html(result)
         return result.to_text()
@@ -154,7 +154,7 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Exact per-layer and per-block comparison of two local checkpoints (streams both)."""
-    from sdforensics.pairwise import compare_files
+    from sdforensics.file_compare import compare_files
 
     def go() -> str:
         result = compare_files(a, b)
@@ -169,7 +169,7 @@ def scan(
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.text,
 ) -> None:
     """List every global a pickle names with a verdict. Exit 0 clean, 1 dangerous, 2 error."""
-    from sdforensics.scan import exit_code, render_scan_text, scan_path, scan_to_json
+    from sdforensics.readers.scan import exit_code, render_scan_text, scan_path, scan_to_json
 
     report = run(lambda: scan_path(path))
     _emit(
@@ -183,7 +183,7 @@ def scan(
 
 
 def _target_library(library: Path | None) -> Path:
-    from sdforensics.library import user_library
+    from sdforensics.library.store import user_library
 
     return library if library is not None else user_library()
 
@@ -199,7 +199,7 @@ def refs_add(
 ) -> None:
     """Fingerprint MODEL (a checkpoint or a LoRA) and store it in the library as NAME."""
     from sdforensics.api import fingerprint_any
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     bar = _bar("fingerprint", quiet)
 
@@ -225,8 +225,8 @@ def refs_import(
     library: LibraryOpt = None,
 ) -> None:
     """Add a fingerprint file someone shared (no weights needed)."""
-    from sdforensics.fpfile import load_fingerprint
-    from sdforensics.library import Library
+    from sdforensics.fingerprint.fpfile import load_fingerprint
+    from sdforensics.library.store import Library
 
     def go() -> str:
         fp = load_fingerprint(fingerprint)
@@ -243,7 +243,7 @@ def refs_import(
 @refs_app.command("remove")
 def refs_remove(name: str, library: LibraryOpt = None) -> None:
     """Remove NAME from the library."""
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     def go() -> str:
         lib = Library(_target_library(library))
@@ -262,7 +262,7 @@ def refs_list(
     ] = True,
 ) -> None:
     """References with fingerprints, and registry entries known by hash only."""
-    from sdforensics.reflist import list_references
+    from sdforensics.library.reflist import list_references
 
     def go() -> str:
         rows = list_references(library, include_registry=registry)
@@ -283,7 +283,7 @@ def refs_list(
 @refs_app.command("verify")
 def refs_verify(library: LibraryOpt = None) -> None:
     """Check every library file against its MANIFEST.sha256."""
-    from sdforensics.library import Library, search_path
+    from sdforensics.library.store import Library, search_path
 
     def go() -> list[str]:
         problems = []
@@ -340,7 +340,7 @@ def synth_family(
     fmt: Annotated[str, typer.Option("--format", help="safetensors, ckpt or diffusers")] = "safetensors",
 ) -> None:
     """Write an official-style base and FINETUNES fine-tunes (one a child of another) into OUT."""
-    from sdforensics.synth import write_family
+    from sdforensics.synth.specs import write_family
 
     def go() -> str:
         paths = write_family(out, family, width, finetunes, seed, fmt)
@@ -360,7 +360,7 @@ def synth_merge(
     ] = "ft1:0.65,ft2:0.35",
 ) -> None:
     """Write a weighted merge of members of the synthetic family (same --family/--width/--seed)."""
-    from sdforensics.synth import family_specs, parse_recipe, write_safetensors
+    from sdforensics.synth.specs import family_specs, parse_recipe, write_safetensors
 
     def go() -> str:
         specs = family_specs(family, width, 6, seed)
@@ -385,7 +385,7 @@ def demo(
 
 
 def main() -> None:
-    from sdforensics.runtime import tune_allocator
+    from sdforensics.core.runtime import tune_allocator
 
     tune_allocator()
     app()

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdforensics.api import analyze, fingerprint_model
-from sdforensics.library import Library
-from sdforensics.synth import Merge, family_specs, write_safetensors
+from sdforensics.library.store import Library
+from sdforensics.synth.specs import Merge, family_specs, write_safetensors
 
 
 def run_demo(out: Path, log: Callable[[str], None | object] = print, width: int = 16) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from sdforensics.estimate import estimate_recipe, recipe_to_json, summarize, supermerger_blocks
-from sdforensics.estimate_synth import Family, fingerprint, make_family, sketch
-from sdforensics.recipe_text import linear_text, recipe_text
+from sdforensics.recipe.estimate import estimate_recipe, recipe_to_json, summarize, supermerger_blocks
+from sdforensics.recipe.text import linear_text, recipe_text
+from sdforensics.synth.estimate_layers import Family, fingerprint, make_family, sketch
 
 FINETUNES = {"A": None, "B": None, "C": None, "D": None, "E": None, "P": None, "Pc": "P", "U": None}
 
@@ -248,7 +248,7 @@ def test_json_contract(fam):
 
 
 def test_linear_text_rounding():
-    from sdforensics.estimate_types import Weight
+    from sdforensics.recipe.results import Weight
 
     ws = [
         Weight("A", 0.9, (0.9, 0.9)),

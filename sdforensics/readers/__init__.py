@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from sdforensics.errors import CorruptFileError, UnsupportedFormatError
+from sdforensics.core.errors import CorruptFileError, UnsupportedFormatError
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import looks_like_safetensors, open_safetensors
 

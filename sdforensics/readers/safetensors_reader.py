@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sdforensics.dtypes import DTYPES
-from sdforensics.errors import CorruptFileError
+from sdforensics.core.dtypes import DTYPES
+from sdforensics.core.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
 
 if TYPE_CHECKING:
@@ -339,5 +339,5 @@ def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
 
 
 def open_safetensors(path: Path) -> SafetensorsCheckpoint:
-    """Open and validate ``path``; raises :class:`~sdforensics.errors.CorruptFileError` on bad input."""
+    """Open and validate ``path``; raises :class:`~sdforensics.core.errors.CorruptFileError` on bad input."""
     return SafetensorsCheckpoint(Path(path))
