@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--strengths", default=",".join(map(str, STRENGTHS)))
     args = ap.parse_args()
     from sdforensics.lora.files import read_lora
-    from sdforensics.lora.fingerprint import Baked
+    from sdforensics.synth.lora_bake import Baked
     from sdforensics.synth.specs import Base, write_safetensors
 
     out = args.out

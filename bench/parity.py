@@ -59,7 +59,11 @@ def build(out: Path) -> dict[str, tuple[Path, Path]]:
     lib1 = library("sd1", {("sd15-base" if n == "base" else n): p for n, p in paths.items()}, "sd15-base")
     mix = s.Merge(((0.5, specs["ft1"]), (0.3, specs["ft2"]), (0.2, specs["ft3"])))
     cases["demo_mix"] = (s.write_safetensors(mix, models / "mystery-mix.safetensors"), lib1)
-    ids = s.block_maps()["sd1"].ids
+    try:
+        from sdforensics.model.architecture import block_maps
+    except ImportError:
+        block_maps = s.block_maps
+    ids = block_maps()["sd1"].ids
     blocks = {b: ((1.0, 0.0) if i % 2 else (0.2, 0.8)) for i, b in enumerate(ids)}
     block = s.Merge(((0.5, specs["ft1"]), (0.5, specs["ft2"])), blocks=blocks)
     cases["block_merge"] = (s.write_safetensors(block, models / "block-merge.safetensors"), lib1)

@@ -598,7 +598,7 @@ def evaluate(case: Case, rec: dict[str, Any]) -> None:
 
 
 def analyze_case(case: Case, library: Path) -> None:
-    from sdforensics.api import analyze
+    from sdforensics import analyze
 
     t = time.perf_counter()
     a = analyze(case.path, library=library, device="cpu")

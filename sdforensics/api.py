@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from sdforensics.analysis import Analysis, collect
+from sdforensics.analysis import Analysis, LibrarySearch, collect
 from sdforensics.core.errors import SdfError
 from sdforensics.core.runtime import blas_threads, torch_threads
 from sdforensics.fingerprint.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
 from sdforensics.fingerprint.similarity import Similarity, identical_components, select_references
+from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library
 from sdforensics.library.store import (
     RefEntry,
@@ -27,9 +28,11 @@ from sdforensics.library.store import (
     reference_entries,
     search_path,
 )
-from sdforensics.model.architecture import architecture, block_maps
+from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.stream import Progress
 from sdforensics.readers.base import Checkpoint
+from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
+from sdforensics.recipe.text import summarize
 
 
 def _identity(a: Analysis) -> dict[str, Any]:
@@ -72,39 +75,17 @@ def fingerprint_model(
     return analysis, fper.result(_identity(analysis), digests)
 
 
-def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> list[dict[str, Any]] | None:
+def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> tuple[RegistryMatch, ...]:
+    """Known-hash registry entries matching the file or one of its components."""
     from sdforensics.library.registry import load_registry, shipped_registry
 
-    try:
-        reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
-    except SdfError:
-        raise
-    out: list[dict[str, Any]] = []
+    reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
+    out: list[RegistryMatch] = []
     if a.hashes is not None:
-        for m in reg.match_file(a.hashes.sha256, a.hashes.autov2, a.hashes.autov1):
-            out.append(_match_json(m))
+        out.extend(reg.match_file(a.hashes.sha256, a.hashes.autov2, a.hashes.autov1))
     for comp, h in a.identity.component_hashes.items():
-        for m in reg.match_component(comp, h):
-            out.append(_match_json(m))
-    return out
-
-
-def _match_json(m: Any) -> dict[str, Any]:
-    from sdforensics.library.registry import lineage_hint
-
-    e = m.entry
-    return {
-        "name": e.name,
-        "family": e.family,
-        "kind": e.kind,
-        "file": e.file,
-        "how": m.how,
-        "strength": m.strength,
-        "warning": m.warning,
-        "source": e.source,
-        "lineage": lineage_hint(e),
-        "official": e.official,
-    }
+        out.extend(reg.match_component(comp, h))
+    return tuple(out)
 
 
 def pick_base(refs: list[Reference], family: str | None) -> int | None:
@@ -171,7 +152,7 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
     analysis = collect(Path(path), progress=progress)
     info = describe_lora(read_lora(Path(path)))
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
-    return replace(analysis, problems=problems, extras={"lora": info})
+    return replace(analysis, problems=problems, lora=info)
 
 
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
@@ -181,7 +162,7 @@ def identify(path: Path, progress: Progress | None = None, registry_dirs: list[P
     if ckpt is None:
         return describe_lora_file(path, progress)
     analysis = collect(Path(path), progress=progress, opened=ckpt)
-    return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
+    return replace(analysis, registry=_registry_matches(analysis, registry_dirs))
 
 
 def analyze(
@@ -203,26 +184,37 @@ def analyze(
         ckpt.close()
         raise
     analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
-    extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
+    analysis = replace(analysis, registry=_registry_matches(analysis, registry_dirs))
+    return replace(analysis, **compare_and_estimate(analysis, fp, library, library_progress))
+
+
+def compare_and_estimate(
+    analysis: Analysis, fp: Fingerprint, library: Path | None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The library stages of :func:`analyze`: search, similarity, recipe and summary, as Analysis fields."""
     family = analysis.architecture.family
-    entries = reference_entries(search_path(library), family) if family else []
+    folders = search_path(library)
+    entries = reference_entries(folders, family) if family else []
     found = None
+    arch_name = analysis.architecture.name or family or ""
     if entries:
-        arch = architecture(analysis.architecture.name or family or "")
-        blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
+        arch = architecture(arch_name)
+        blocks = block_map_of(arch_name)
         with blas_threads(1):
-            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, library_progress)
+            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, progress)
     skipped = found.skipped if found else []
-    extras["library"] = {
-        "searched": [str(p) for p in search_path(library)],
-        "references": len(found.component_hashes) if found else 0,
-        "loras": len(found.loras) if found else 0,
-        "skipped": skipped,
+    out: dict[str, Any] = {
+        "library": LibrarySearch(
+            searched=tuple(folders),
+            references=len(found.component_hashes) if found else 0,
+            loras=len(found.loras) if found else 0,
+            skipped=tuple(skipped),
+        )
     }
+    summary: list[str] | None = None
     if found is not None and found.similarity is not None:
-        sim = found.similarity
-        extras["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
-        extras["similarity"] = similarity_json(sim)
+        sim = out["similarity"] = found.similarity
+        out["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
         base = found.base
         chosen = candidates(sim, base)
         names = [sim.references[i] for i in chosen]  # loaded unless a library mixes layouts: then read again
@@ -230,20 +222,21 @@ def analyze(
         if len(chosen) < len(sim.references):
             sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
             base = chosen.index(base) if base is not None else None
-        recipe = estimate(fp, refs, base, sim, found.loras)
-        if recipe is not None:
-            extras["recipe"], extras["summary"], extras["_estimate"] = recipe
+        est = estimate(fp, refs, base, sim, found.loras, blocks.recipe_convention)
+        if est is not None:
+            out["recipe"] = est
+            summary = summarize(est)
     else:
-        extras["summary"] = (
-            ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
-        )
+        summary = ["no references of this family in the library: add some with 'sdf refs add'"] if family else []
     if skipped:
-        extras["summary"] = [
-            *extras.get("summary", []),
+        summary = [
+            *(summary or []),
             f"{len(skipped)} references were left out: made at another width or with another fingerprint "
             "scheme; re-add them with 'sdf refs add'",
         ]
-    return replace(analysis, extras=extras)
+    if summary is not None:
+        out["summary"] = tuple(summary)
+    return out
 
 
 def layer_vector(values: np.ndarray, structure: np.ndarray | None) -> np.ndarray:
@@ -289,9 +282,15 @@ def candidates(sim: Similarity, base: int | None, limit: int = MAX_CANDIDATES) -
 
 
 def estimate(
-    fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity, loras: list[Reference] | None = None
-) -> tuple[Any, Any, Any] | None:
-    from sdforensics.recipe.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
+    fp: Fingerprint,
+    refs: list[Reference],
+    base: int | None,
+    sim: Similarity,
+    loras: list[Reference] | None = None,
+    block_convention: str = BLOCK_CONVENTION,
+) -> RecipeEstimate | None:
+    """The recipe fit of ``fp`` over ``refs`` on the layers ``sim`` compared (None: no common layer)."""
+    from sdforensics.recipe.estimate import LayerData, estimate_recipe
 
     layers = []
     for row in sim.layers:
@@ -315,28 +314,10 @@ def estimate(
         )
     if not layers:
         return None
-    est = estimate_recipe(layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []))
-    return recipe_to_json(est), summarize(est), est
-
-
-def _num(x: float) -> float | None:
-    return None if not np.isfinite(x) else round(float(x), 4)
-
-
-def similarity_json(sim: Similarity) -> dict[str, Any]:
-    return {
-        "base": sim.base,
-        "convention": sim.convention,
-        "references": [
-            {
-                "reference": name,
-                "delta_cosine": _num(sim.overall_delta[j]),
-                "raw_cosine": _num(sim.overall_raw[j]),
-                "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)},
-            }
-            for j, name in enumerate(sim.references)
-        ],
-    }
+    return estimate_recipe(
+        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
+        block_convention=block_convention,
+    )
 
 
 def build_official(

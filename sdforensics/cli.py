@@ -136,12 +136,16 @@ def analyze(
         bar.close()
         compare_bar.close()
         if format is Format.json:
-            return json.dumps(result.to_json(), indent=1, default=str)
+            from sdforensics.report.render_json import analysis_to_json
+
+            return json.dumps(analysis_to_json(result), indent=1, default=str)
         if format is Format.html:
             from sdforensics.report.render_html import analysis_to_html
 
             return analysis_to_html(result)
-        return result.to_text()
+        from sdforensics.report.render_text import analysis_to_text
+
+        return analysis_to_text(result)
 
     _emit(run(render), out)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sdforensics.core.safetext import printable
-from sdforensics.model.architecture import block_maps
+from sdforensics.model.architecture import block_map_of
 from sdforensics.model.stream import open_and_layout
 from sdforensics.readers.base import Checkpoint
 
@@ -59,7 +59,7 @@ class PairComparison:
             s[3] += layer.diff2
             s[4] += 1
             s[5] += 1 if layer.identical else 0
-        order = {b: i for i, b in enumerate(block_maps()["sdxl" if self.family == "sdxl" else "sd1"].ids)}
+        order = {b: i for i, b in enumerate(block_map_of(self.family).ids)}
         for block, (dot, na, nb, d2, n, same) in sorted(acc.items(), key=lambda kv: order.get(kv[0], 99)):
             cos = dot / (na**0.5 * nb**0.5) if na > 0 and nb > 0 else float("nan")
             out[block] = {
@@ -147,7 +147,7 @@ def compare_files(path_a: Path, path_b: Path) -> PairComparison:
         ck_a.close()
         raise
     family = lay_a.architecture.family
-    bmap = block_maps()["sdxl" if family == "sdxl" else "sd1"]
+    bmap = block_map_of(family)
     shapes_a = {i.name: i.shape for i in lay_a.infos}
     shapes_b = {i.name: i.shape for i in lay_b.infos}
     wanted = {k for k in shapes_a if k in shapes_b and shapes_a[k] == shapes_b[k]}

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from sdforensics.core.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
-from sdforensics.model.diffusers_keys import (
+from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.diffusers_keys import (
     Part,
     Rule,
     diffusers_to_ldm_shapes,
@@ -24,7 +25,6 @@ from sdforensics.model.diffusers_keys import (
     to_canonical,
     to_diffusers,
 )
-from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.diffusers_reader import JSON_CAP, DiffusersCheckpoint, open_diffusers, open_sharded
 from sdforensics.synth.diffusers import write_diffusers
 

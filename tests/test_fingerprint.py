@@ -87,7 +87,7 @@ def test_fingerprints_of_a_merge_are_the_merge_of_fingerprints(family_specs_sd1:
 
 def test_block_delta_cosine_from_fingerprints_matches_exact(family: dict[str, Path], library: Path) -> None:
     """Per-block delta cosine (model - base vs ref - base) within 0.01 of the full-weight value."""
-    from sdforensics.api import analyze
+    from sdforensics import analyze
 
     base = family["base"]
     target = family["ft6"]  # the child of ft1

@@ -16,11 +16,12 @@ from safetensors.torch import save_file
 from sdforensics.core.errors import UnsupportedFormatError
 from sdforensics.fingerprint.fingerprint import Fingerprinter, Scheme
 from sdforensics.lora.files import LoraFile, describe_lora, is_lora, read_lora, training_summary
-from sdforensics.lora.fingerprint import Baked, bake, block_of_family, lora_fingerprint
+from sdforensics.lora.fingerprint import block_of_family, lora_fingerprint
 from sdforensics.lora.keys import module_index
 from sdforensics.model.architecture import architecture
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import TensorInfo
+from sdforensics.synth.lora_bake import Baked, bake
 from sdforensics.synth.specs import Base
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

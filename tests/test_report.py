@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdforensics.api import analyze, fingerprint_model
+from sdforensics import LibrarySearch, analyze
+from sdforensics.api import fingerprint_model
 from sdforensics.library.store import Library
 from sdforensics.report.render_html import SECTIONS, analysis_to_html
 from sdforensics.synth.specs import family_specs, write_safetensors
@@ -117,7 +118,7 @@ def test_every_hostile_string_is_escaped(report: str) -> None:
 
 
 def test_report_shows_recipe_and_declared_metadata(analysis: Any, report: str) -> None:
-    weights = {c["reference"]: c["weight"] for c in analysis.extras["recipe"]["components"]}
+    weights = {w.reference: round(w.weight, 6) for w in analysis.recipe.weights}
     assert weights["ft1"] == pytest.approx(0.6, abs=0.02)
     assert weights[EVIL_REF] == pytest.approx(0.4, abs=0.02)
     assert "declared (metadata)" in report and "A1111 checkpoint merger" in report
@@ -193,7 +194,8 @@ def test_cli_writes_html_without_library(built: dict[str, Path], tmp_path: Path)
 def test_frames_and_figures_without_library(analysis: Any, tmp_path: Path) -> None:
     from sdforensics.report import frames, plots
 
-    bare = replace(analysis, extras={"registry": [], "library": {"searched": [], "references": 0}, "summary": []})
+    bare = replace(analysis, registry=(), library=LibrarySearch((), 0, 0, ()), identical=None, similarity=None,
+                   recipe=None, summary=())
     assert frames.recipe_frame(bare).empty and frames.blocks_frame(bare).empty
     assert frames.similarity_frame(bare).empty and frames.block_similarity_frame(bare).empty
     for fn in (plots.recipe_figure, plots.blocks_figure, plots.similarity_figure, plots.unexplained_figure):

@@ -33,7 +33,7 @@ MOVES: dict[str, str] = {
     "tables": "model.architecture",
     "arch": "model.detect",
     "keymap": "model.keymap",
-    "diffusers_keys": "model.diffusers_keys",
+    "diffusers_keys": "readers.diffusers_keys",  # (model/ in the first move; the reader owns it)
     "passes": "model.stream",
     "hashing": "model.hashing",
     "byte_identity": "model.byte_identity",

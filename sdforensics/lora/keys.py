@@ -11,7 +11,7 @@ LoRA files name the *module* a low-rank pair modifies, in the spelling of the tr
   modules (see :func:`cloneofsimo_orders`).
 
 Everything is derived from the canonical key tables (``data/arch/*.json``) through
-:func:`sdforensics.model.diffusers_keys.plan_from_ldm`, so there is no second key table to keep in
+:func:`sdforensics.readers.diffusers_keys.plan_from_ldm`, so there is no second key table to keep in
 step. A diffusers q/k/v projection of an OpenCLIP text encoder (SD2, SDXL's second encoder) is
 a third of the canonical ``attn.in_proj_weight``: its :class:`Target` carries the row range.
 
@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from sdforensics.model.architecture import architecture
-from sdforensics.model.diffusers_keys import _tables, plan_from_ldm
+from sdforensics.readers.diffusers_keys import _tables, plan_from_ldm
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 """Families a LoRA can target, in the order ties are broken."""

@@ -57,6 +57,12 @@ class BlockMap:
     rules: tuple[tuple[re.Pattern[str], str], ...]
     convention: str
 
+    @property
+    def recipe_convention(self) -> str:
+        """How a recipe's blocks are numbered, from this map's own ids (SDXL ends at OUT08, SD1 at OUT11)."""
+        last_out = [b for b in self.ids if b.startswith("OUT")][-1:] or ["the last OUT block"]
+        return f"supermerger: time_embed in IN00, final out. in {last_out[0]}, text encoder = BASE"
+
     def block_of(self, key: str) -> str | None:
         for pattern, template in self.rules:
             m = pattern.match(key)
@@ -134,6 +140,21 @@ def block_maps() -> dict[str, BlockMap]:
         )
         for name, spec in raw["maps"].items()
     }
+
+
+DEFAULT_BLOCK_MAP = "sd1"
+"""The map used for an architecture whose table names none (SD3, FLUX, unknown files)."""
+
+
+def block_map_of(arch_name: str | None) -> BlockMap:
+    """The merge-block map an architecture's table names (``data/arch/<name>.json`` ``blocks``)."""
+    name = None
+    if arch_name:
+        try:
+            name = architecture(arch_name).blocks
+        except KeyError:
+            name = None
+    return block_maps()[name or DEFAULT_BLOCK_MAP]
 
 
 @cache

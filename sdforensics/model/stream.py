@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdforensics.model.architecture import architecture, block_maps
+from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.byte_identity import ByteIdentity, TensorSpan
 from sdforensics.model.detect import ArchitectureReport, detect, scaled
 from sdforensics.model.hashing import SLICE, FileDigester, FileHashes, hash_file
@@ -139,7 +139,7 @@ def stream(
         arch = architecture(layout.architecture.name)
         table = {k: scaled(s, layout.architecture.width_factor) for k, (s, _) in arch.keys.items()}
         shapes = {**table, **{k: v for k, v in shapes.items() if k not in table}}
-    bmap = block_maps()["sdxl" if layout.architecture.family == "sdxl" else "sd1"]
+    bmap = block_map_of(layout.architecture.name or layout.architecture.family)
     for consumer in consumers:
         prepare = getattr(consumer, "prepare", None)
         if prepare is not None:

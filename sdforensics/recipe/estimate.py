@@ -301,6 +301,7 @@ def estimate_recipe(
     names: Sequence[str],
     base: int | None,
     lora_deltas: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    block_convention: str = BLOCK_CONVENTION,
 ) -> RecipeEstimate:
     """Estimate the merge recipe of one target from its per-layer fingerprints.
 
@@ -322,7 +323,7 @@ def estimate_recipe(
     everything = np.ones(len(layers), dtype=bool)
     copies, rel = _nearest_copy(layers, everything, n_refs)
     pivot = base if base is not None else int(np.argmin(rel))
-    notes: list[str] = [f"blocks: {BLOCK_CONVENTION}"]
+    notes: list[str] = [f"blocks: {block_convention}"]
     if base is None:
         notes.append(f"no official base in the library: deltas are taken from the nearest reference, {names[pivot]}")
     prob = _Problem(layers, pivot, n_refs, lora_deltas)
@@ -449,6 +450,7 @@ def estimate_recipe(
     else:
         kind = "weighted_sum"
     return RecipeEstimate(
+        block_convention=block_convention,
         kind=kind,
         pivot=names[pivot],
         base=names[base] if base is not None else None,

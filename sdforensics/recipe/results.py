@@ -115,6 +115,8 @@ class RecipeEstimate:
     supermerger: SuperMergerWeights | None = None
     copy_of: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    block_convention: str = BLOCK_CONVENTION
+    """How ``blocks`` are numbered (set from the architecture's block map by the caller)."""
 
     def weight_of(self, reference: str) -> float:
         """Affine weight of ``reference`` (0.0 when it is not an ingredient)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate, Weight
+from sdforensics.recipe.results import RecipeEstimate, Weight
 
 #: unexplained share from which the summary says an unknown ingredient is likely
 UNKNOWN_LIKELY = 0.3
@@ -142,9 +142,8 @@ def summarize(est: RecipeEstimate) -> list[str]:
         )
     if est.supermerger is not None:
         sm = est.supermerger
-        lines.append(
-            f"Block weights ({BLOCK_CONVENTION}): alpha of {sm.models[-2 if len(sm.models) == 3 else 1]} = {sm.text}"
-        )
+        alpha_of = sm.models[-2 if len(sm.models) == 3 else 1]
+        lines.append(f"Block weights ({est.block_convention}): alpha of {alpha_of} = {sm.text}")
     ew = est.elementwise
     if ew is not None and ew.kind != "linear":
         lines.append(
@@ -188,7 +187,7 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
         "pivot": est.pivot,
         "base": est.base,
         "copy_of": est.copy_of,
-        "block_convention": BLOCK_CONVENTION,
+        "block_convention": est.block_convention,
         "block_unexplained": {b.block: _r(b.unexplained) for b in est.blocks},
         "ambiguous": [
             {

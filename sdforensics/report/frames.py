@@ -1,7 +1,7 @@
 """pandas DataFrames of an :class:`~sdforensics.analysis.Analysis`, for notebooks.
 
-Every frame is built from the analysis' JSON-ready fields (the ``sdforensics.analysis/1``
-document), so a frame shows exactly what the JSON and the HTML report show. A stage that did
+Every frame is built from the analysis' typed fields, rounded as the ``sdforensics.analysis/1``
+JSON prints them, so a frame shows what the JSON and the HTML report show. A stage that did
 not run (no library, no recipe) gives an empty frame with the usual columns, never an error.
 
 >>> from sdforensics.report.frames import recipe_frame              # doctest: +SKIP
@@ -15,48 +15,36 @@ ft2        0.3000    0.3000     0.3001
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sdforensics.model.architecture import block_maps
+from sdforensics.model.architecture import block_map_of
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
 
 
-def _num(x: Any) -> float:
-    """JSON number or null -> float (NaN for null / non-numbers)."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
+def _num(x: float | None, digits: int = 6) -> float:
+    """A value as the JSON document prints it (rounded), NaN for None / non-finite."""
+    if x is None or not math.isfinite(x):
         return math.nan
-    return float(x)
-
-
-def _recipe(a: Analysis) -> dict[str, Any]:
-    r = a.extras.get("recipe")
-    return r if isinstance(r, dict) else {}
-
-
-def _similarity(a: Analysis) -> dict[str, Any]:
-    s = a.extras.get("similarity")
-    return s if isinstance(s, dict) else {}
+    return round(float(x), digits)
 
 
 def recipe_frame(a: Analysis) -> pd.DataFrame:
     """One row per ingredient: affine ``weight`` and its 95% interval (``ci95_low``, ``ci95_high``)."""
-    rows = []
-    for c in _recipe(a).get("components") or []:
-        ci = c.get("ci95") or [None, None]
-        rows.append({"reference": str(c.get("reference")), "weight": _num(c.get("weight")),
-                     "ci95_low": _num(ci[0]), "ci95_high": _num(ci[1])})
+    rows = [
+        {"reference": w.reference, "weight": _num(w.weight), "ci95_low": _num(w.ci95[0]), "ci95_high": _num(w.ci95[1])}
+        for w in (a.recipe.weights if a.recipe is not None else ())
+    ]
     frame = pd.DataFrame(rows, columns=["reference", "weight", "ci95_low", "ci95_high"])
     return frame.set_index("reference")
 
 
 def block_order(a: Analysis, blocks: list[str]) -> list[str]:
     """``blocks`` in merge-block order (BASE, IN.., M00, OUT.., VAE); unknown ids last."""
-    family = a.architecture.family
-    ids = block_maps()["sdxl" if family == "sdxl" else "sd1"].ids
+    ids = block_map_of(a.architecture.name or a.architecture.family).ids
     rank = {b: i for i, b in enumerate(ids)}
     return sorted(blocks, key=lambda b: (rank.get(b, len(rank)), b))
 
@@ -67,19 +55,15 @@ def blocks_frame(a: Analysis) -> pd.DataFrame:
     A weight is NaN where the reference does not differ from the pivot in that block, so its
     share there cannot be seen.
     """
-    r = _recipe(a)
-    blocks: dict[str, list[dict[str, Any]]] = r.get("blocks") or {}
-    unexplained: dict[str, Any] = r.get("block_unexplained") or {}
+    fits = {b.block: b for b in (a.recipe.blocks if a.recipe is not None else ())}
     refs: list[str] = []
-    for entries in blocks.values():
-        for e in entries:
-            name = str(e.get("reference"))
+    for fit in fits.values():
+        for name, _, _ in fit.weights:
             if name not in refs:
                 refs.append(name)
-    order = block_order(a, list(dict.fromkeys([*blocks, *unexplained])))
+    order = block_order(a, list(fits))
     data = {
-        b: {**{str(e.get("reference")): _num(e.get("weight")) for e in blocks.get(b, [])},
-            "unexplained": _num(unexplained.get(b))}
+        b: {**{name: _num(w) for name, w, _ in fits[b].weights}, "unexplained": _num(fits[b].unexplained)}
         for b in order
     }
     frame = pd.DataFrame.from_dict(data, orient="index", columns=[*refs, "unexplained"])
@@ -92,13 +76,13 @@ def similarity_frame(a: Analysis) -> pd.DataFrame:
     estimated weight (NaN when the reference is not an ingredient); ``is_base`` marks the base.
     Sorted by delta cosine, most similar first.
     """
-    sim = _similarity(a)
+    sim = a.similarity
     weights = recipe_frame(a)["weight"]
     rows = []
-    for ref in sim.get("references") or []:
-        name = str(ref.get("reference"))
-        rows.append({"reference": name, "delta_cosine": _num(ref.get("delta_cosine")),
-                     "raw_cosine": _num(ref.get("raw_cosine")), "is_base": name == sim.get("base"),
+    for j, name in enumerate(sim.references if sim is not None else ()):
+        assert sim is not None
+        rows.append({"reference": name, "delta_cosine": _num(sim.overall_delta[j], 4),
+                     "raw_cosine": _num(sim.overall_raw[j], 4), "is_base": name == sim.base,
                      "weight": float(weights[name]) if name in weights.index else math.nan})
     frame = pd.DataFrame(rows, columns=["reference", "delta_cosine", "raw_cosine", "is_base", "weight"])
     frame = frame.sort_values("delta_cosine", ascending=False, na_position="last", kind="stable")
@@ -107,21 +91,19 @@ def similarity_frame(a: Analysis) -> pd.DataFrame:
 
 def block_similarity_frame(a: Analysis) -> pd.DataFrame:
     """Per merge block (rows) and reference (columns): delta cosine from the family base."""
-    refs = _similarity(a).get("references") or []
-    blocks: list[str] = []
-    for ref in refs:
-        blocks.extend(b for b in (ref.get("blocks") or {}) if b not in blocks)
-    order = block_order(a, blocks)
-    data = {
-        str(ref.get("reference")): [_num((ref.get("blocks") or {}).get(b)) for b in order] for ref in refs
-    }
+    sim = a.similarity
+    if sim is None:
+        return pd.DataFrame({}, index=pd.Index([], name="block"), dtype=float)
+    order = block_order(a, list(sim.blocks))
+    row = {b: i for i, b in enumerate(sim.blocks)}
+    data = {name: [_num(sim.block_delta[row[b], j], 4) for b in order] for j, name in enumerate(sim.references)}
     return pd.DataFrame(data, index=pd.Index(order, name="block"), dtype=float)
 
 
 def layers_frame(a: Analysis) -> pd.DataFrame:
     """One row per tensor (file order, canonical names): shape, dtype, size, component, block."""
     family = a.architecture.family
-    bmap = block_maps()["sdxl" if family == "sdxl" else "sd1"]
+    bmap = block_map_of(a.architecture.name or family)
     arch = None
     if a.architecture.name:
         from sdforensics.model.architecture import architecture

@@ -20,6 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from sdforensics.recipe.text import recipe_text
 from sdforensics.report.frames import block_similarity_frame, blocks_frame, recipe_frame
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def recipe_figure(a: Analysis) -> Figure:
             ax.annotate(f"{wi:.3f}", (wi, yi), xytext=(4 if wi >= 0 else -4, 7), textcoords="offset points",
                         ha="left" if wi >= 0 else "right", fontsize=8, color="#222222")
         ax.set_xlabel("affine weight (weights sum to 1); error bars: 95% interval")
-        ax.set_title(plain(f"Recipe: {(a.extras.get('recipe') or {}).get('text') or ''}", 90), loc="left")
+        ax.set_title(plain(f"Recipe: {recipe_text(a.recipe) if a.recipe is not None else ''}", 90), loc="left")
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlim(min(0.0, float(np.nanmin(w - lo))) - 0.05, max(1.0, float(np.nanmax(w + hi))) + 0.1)
     return fig
@@ -158,7 +159,7 @@ def unexplained_figure(a: Analysis) -> Figure:
     series = frame["unexplained"].dropna() if "unexplained" in frame else frame.iloc[:, :0]
     if len(series) == 0:
         return _note("no unexplained share (no recipe estimated)")
-    overall = (a.extras.get("recipe") or {}).get("unexplained")
+    overall = a.recipe.unexplained if a.recipe is not None else None
     values = series.to_numpy(float)
     with _rc():
         fig = _figure(max(6.4, 0.3 * len(series) + 1.6), 2.8)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sdforensics.core.safetext import human_size, percent, printable
+from sdforensics.report.render_json import analysis_to_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -382,7 +383,7 @@ def _footer(doc: dict[str, Any]) -> str:
 
 def analysis_to_html(a: Analysis, fragment: bool = False) -> str:
     """The report as a whole HTML page, or (``fragment=True``) a ``<div>`` for Jupyter."""
-    doc = a.to_json()
+    doc = analysis_to_json(a)
     recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else None
     parts = [
         _summary(a, doc),

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from sdforensics.fingerprint.similarity import Similarity
+from sdforensics.library.registry import RegistryMatch, lineage_hint
+from sdforensics.recipe.text import recipe_to_json
+
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
 
@@ -78,7 +84,62 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
             else None
         ),
     }
-    for key, value in a.extras.items():
-        if not key.startswith("_"):  # private: live objects for notebooks, not JSON
-            doc[key] = value
+    if a.lora is not None:
+        doc["lora"] = a.lora
+    if a.registry is not None:
+        doc["registry"] = [match_json(m) for m in a.registry]
+    if a.library is not None:
+        lib = a.library
+        doc["library"] = {
+            "searched": [str(p) for p in lib.searched],
+            "references": lib.references,
+            "loras": lib.loras,
+            "skipped": list(lib.skipped),
+        }
+    if a.identical is not None:
+        doc["identical"] = a.identical
+    if a.similarity is not None:
+        doc["similarity"] = similarity_json(a.similarity)
+    if a.recipe is not None:
+        doc["recipe"] = recipe_to_json(a.recipe)
+    if a.summary is not None:
+        doc["summary"] = list(a.summary)
     return doc
+
+
+def match_json(m: RegistryMatch) -> dict[str, Any]:
+    """One known-hash registry match (DESIGN.md ``registry`` item)."""
+    e = m.entry
+    return {
+        "name": e.name,
+        "family": e.family,
+        "kind": e.kind,
+        "file": e.file,
+        "how": m.how,
+        "strength": m.strength,
+        "warning": m.warning,
+        "source": e.source,
+        "lineage": lineage_hint(e),
+        "official": e.official,
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+def similarity_json(sim: Similarity) -> dict[str, Any]:
+    """Overall and per-block cosines per reference (DESIGN.md ``similarity``)."""
+    return {
+        "base": sim.base,
+        "convention": sim.convention,
+        "references": [
+            {
+                "reference": name,
+                "delta_cosine": _num(sim.overall_delta[j]),
+                "raw_cosine": _num(sim.overall_raw[j]),
+                "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)},
+            }
+            for j, name in enumerate(sim.references)
+        ],
+    }

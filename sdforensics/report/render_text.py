@@ -6,9 +6,11 @@ a tensor name or metadata value cannot move the cursor or colour the terminal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sdforensics.core.safetext import human_size, percent, printable
+from sdforensics.library.registry import RegistryMatch
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
@@ -67,15 +69,15 @@ def identity_lines(a: Analysis) -> list[str]:
     return lines
 
 
-def _registry_lines(reg: Any) -> list[str]:
+def _registry_lines(reg: Sequence[RegistryMatch] | None) -> list[str]:
     if not reg:
         return []
     out = []
     for m in reg:
-        if m.get("strength") == "exact":
-            out.append(f"  known    {m['name']} (exact {m['how']} match; source: {m['source']})")
+        if m.strength == "exact":
+            out.append(f"  known    {m.entry.name} (exact {m.how} match; source: {m.entry.source})")
         else:
-            out.append(f"  hint     {m['name']}? ({m['how']} only: {m.get('warning') or 'weak evidence'})")
+            out.append(f"  hint     {m.entry.name}? ({m.how} only: {m.warning or 'weak evidence'})")
     return out
 
 
@@ -118,14 +120,13 @@ def _identical_lines(identical: dict[str, str | None] | None) -> list[str]:
 
 def analysis_to_text(a: Analysis) -> str:
     lines = identity_lines(a)
-    if a.extras.get("lora"):
+    if a.lora:
         lines = [ln for ln in lines if not ln.startswith("  what ")]
-        lines[1:1] = lora_lines(a.extras["lora"])
-    lines += _registry_lines(a.extras.get("registry"))
-    lines += _identical_lines(a.extras.get("identical"))
-    for key in ("summary",):
-        for line in a.extras.get(key) or []:
-            lines.append(f"  {line}")
+        lines[1:1] = lora_lines(a.lora)
+    lines += _registry_lines(a.registry)
+    lines += _identical_lines(a.identical)
+    for line in a.summary or ():
+        lines.append(f"  {line}")
     declared = a.metadata.declared
     if declared:
         lines.append(f"  declared {declared.tool}: {printable(declared.text, 300)}")

@@ -6,7 +6,7 @@ from the tensor shapes, fixed fields per family from ``data/diffusers_configs.js
 safetensors weights. Values are moved, never computed: reading the folder back with
 :func:`sdforensics.readers.diffusers_reader.open_diffusers` gives the same canonical keys and
 bit-identical values, except the keys diffusers has no place for
-(:attr:`sdforensics.model.diffusers_keys.KeyPlan.dropped`).
+(:attr:`sdforensics.readers.diffusers_keys.KeyPlan.dropped`).
 
 >>> import tempfile, torch
 >>> sd = {"first_stage_model.decoder.mid.attn_1.q.weight": torch.ones(4, 4, 1, 1)}
@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from sdforensics.core.errors import UnsupportedFormatError
-from sdforensics.model.diffusers_keys import COMPONENTS, FAMILIES, diffusers_configs, plan_from_ldm, to_diffusers
+from sdforensics.readers.diffusers_keys import COMPONENTS, FAMILIES, diffusers_configs, plan_from_ldm, to_diffusers
 
 Tables = dict[str, dict[str, torch.Tensor]]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from sdforensics.core.dtypes import DTYPES, by_torch
-from sdforensics.model.architecture import architecture, block_maps
+from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.detect import scaled
 
 FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd2": "sd2", "sd21": "sd2", "sdxl": "sdxl"}
@@ -176,7 +176,7 @@ class Merge(Spec):
 
     def weights_for(self, key: str) -> tuple[float, ...]:
         if self.blocks:
-            bmap = block_maps()["sdxl" if self.family == "sdxl" else "sd1"]
+            bmap = block_map_of(self.family)
             block = bmap.block_of(key)
             if block is not None and block in self.blocks:
                 return tuple(self.blocks[block])
