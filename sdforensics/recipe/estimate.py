@@ -296,6 +296,23 @@ def _block_unexplained(prob: _Problem, blocks: Sequence[BlockFit], block_of: np.
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
+FINETUNE_WEIGHT = 0.05
+"""A fine-tune's parent has weight 1 within this, every other reference (the base too) 0 within 0.02."""
+FINETUNE_UNEXPLAINED = 0.1
+"""Unexplained share from which one parent at weight 1 reads as a fine-tune, not a copy or a merge."""
+
+
+def _finetune_parent(weights: Sequence[Weight], base: str | None, unexplained: float) -> str | None:
+    """The parent when the fit is one library model at weight 1 plus a change the library does not hold."""
+    if base is None or unexplained < FINETUNE_UNEXPLAINED:
+        return None
+    ones = [w for w in weights if w.reference != base and abs(w.weight - 1.0) < FINETUNE_WEIGHT]
+    rest = [w for w in weights if w not in ones]
+    if len(ones) == 1 and all(abs(w.weight) < 0.02 for w in rest):
+        return ones[0].reference
+    return None
+
+
 def estimate_recipe(
     layers: Sequence[LayerData],
     names: Sequence[str],
@@ -447,6 +464,9 @@ def estimate_recipe(
         supermerger = _supermerger(blocks, weights, block_ids)
     elif any(w.weight < -0.03 and w.ci95[1] < 0 for w in weights):
         kind = "add_difference"
+    elif (parent := _finetune_parent(weights, names[base] if base is not None else None, fit.unexplained)):
+        kind = "finetune"
+        weights = [w for w in weights if w.reference == parent]
     else:
         kind = "weighted_sum"
     return RecipeEstimate(

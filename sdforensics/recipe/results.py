@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 KINDS = (
     "copy",
     "weighted_sum",
+    "finetune",
     "add_difference",
     "block_weighted",
     "component_swap",

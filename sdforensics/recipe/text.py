@@ -86,6 +86,8 @@ def recipe_text(est: RecipeEstimate) -> str:
         text = f"{formula}, alpha per block ({','.join(sm.blocks)}) = {sm.text}"
     elif est.kind == "block_weighted":
         text = "block-weighted: " + linear_text(est.weights)
+    elif est.kind == "finetune":
+        text = f"{est.weights[0].reference} + further training"
     elif est.kind == "unknown":
         known = [w for w in est.weights if abs(w.weight) > 0.02]
         text = (linear_text(known) + " + unknown changes") if known else "unknown (nothing in the library explains it)"
@@ -111,6 +113,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
     kinds = {
         "copy": "a copy (re-save) of a library model",
         "weighted_sum": "a weighted-sum merge",
+        "finetune": "a fine-tune of a library model: one parent plus further training",
         "add_difference": "an add-difference merge",
         "block_weighted": "a block-weighted merge",
         "component_swap": "a component swap (parts taken whole from different models)",
@@ -130,7 +133,10 @@ def summarize(est: RecipeEstimate) -> list[str]:
     lines.append(_confidence(est))
     u = est.unexplained
     line = f"Unexplained: {u:.0%} of the difference from {est.pivot} is not accounted for by the library."
-    if u >= UNKNOWN_LIKELY:
+    if est.kind == "finetune":
+        line = (f"Further training: {u:.0%} of the difference from {est.pivot} is the fine-tune's own change "
+                f"on top of {est.weights[0].reference}, which the library does not hold.")
+    elif u >= UNKNOWN_LIKELY:
         line += " An unknown ingredient is likely (a model not in the library, or further training)."
     elif u >= 0.1:
         line += " Some further training or a small unknown ingredient."
