@@ -3,7 +3,7 @@
 Everything else is in pyproject.toml. The registry's source of truth stays at the top level of
 the repository; a built wheel (and a wheel built from the sdist) carries a byte-identical copy,
 MANIFEST.sha256 included, as package data in ``sdforensics/data/reference_hashes/``, which
-:mod:`sdforensics.shipped` prefers. An editable install reads the top-level folder directly.
+:mod:`sdforensics.library.shipped` prefers. An editable install reads the top-level folder directly.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ cd "$work"  # outside the checkout: nothing can be found beside the sources
 export SDF_HOME="$work/home"
 python - <<'PY' || fail "the package imports from the checkout, not from the wheel"
 import sdforensics, sys
-from sdforensics.shipped import shipped_registry_dir
+from sdforensics.library.shipped import shipped_registry_dir
 print("smoke: package", sdforensics.__file__, "registry", shipped_registry_dir())
 assert "site-packages" in sdforensics.__file__, sdforensics.__file__
 assert (shipped_registry_dir() / "known_models.json").is_file()

@@ -29,7 +29,7 @@ def analyze(path: Path) -> tuple[dict, float]:
 
 
 def canonical_keys(path: Path) -> list[str]:
-    from sdforensics.passes import open_and_layout
+    from sdforensics.model.stream import open_and_layout
 
     ckpt, layout = open_and_layout(path)
     ckpt.close()
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--keep", action="store_true", help="keep the .ckpt and diffusers copies")
     args = ap.parse_args()
-    from sdforensics.synth import Base, write_ckpt, write_diffusers, write_safetensors
+    from sdforensics.synth.specs import Base, write_ckpt, write_diffusers, write_safetensors
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdforensics.api import fingerprint_model
-from sdforensics.synth import Base, FineTune, write_safetensors
+from sdforensics.synth.specs import Base, FineTune, write_safetensors
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:

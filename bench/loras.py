@@ -49,9 +49,9 @@ def main() -> None:
     ap.add_argument("--subset", action="store_true")
     ap.add_argument("--strengths", default=",".join(map(str, STRENGTHS)))
     args = ap.parse_args()
-    from sdforensics.lora import read_lora
-    from sdforensics.lora_bake import Baked
-    from sdforensics.synth import Base, write_safetensors
+    from sdforensics.lora.files import read_lora
+    from sdforensics.synth.lora_bake import Baked
+    from sdforensics.synth.specs import Base, write_safetensors
 
     out = args.out
     shutil.rmtree(out, ignore_errors=True)

@@ -17,7 +17,7 @@ each operation (read from ``site-packages/sd_mecha``):
 
 sd-mecha reads the model config from the keys; it does not check shapes, so reduced-width
 synthetic files merge as well. When sd-mecha is missing or fails, the callers fall back to
-sdforensics' own formulas (:mod:`sdforensics.synth`) and say so.
+sdforensics' own formulas (:mod:`sdforensics.synth.specs`) and say so.
 """
 
 from __future__ import annotations

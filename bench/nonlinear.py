@@ -119,7 +119,7 @@ def make(case: NCase, paths: dict[str, Path], out: Path) -> None:
 
 
 def analyze_case(case: NCase, path: Path, library: Path) -> None:
-    from sdforensics.api import analyze
+    from sdforensics import analyze
 
     t = time.perf_counter()
     rec = analyze(path, library=library, device="cpu").to_json().get("recipe") or {}

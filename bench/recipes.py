@@ -6,7 +6,7 @@
 
 What it does:
 
-1. builds an SD1.5-layout family with ``sdforensics.synth.family_specs("sd1", width, 6, seed)``
+1. builds an SD1.5-layout family with ``sdforensics.synth.specs.family_specs("sd1", width, 6, seed)``
    (official base, ft1..ft6, ft6 a child of ft1) plus ``xft`` = ``FineTune(base, seed + 1)``, a
    model kept OUT of the library; writes them as fp16 safetensors under ``OUT/models-wN/`` (kept
    between runs; at width 1 with seed 11 the existing ``bench/out/sd1-base.safetensors`` and
@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE))
 
 import mecha_merge as mm  # noqa: E402
 
-from sdforensics.synth import (  # noqa: E402
+from sdforensics.synth.specs import (  # noqa: E402
     Derived,
     FineTune,
     Merge,
@@ -199,7 +199,7 @@ def ensure_models(out: Path, width: int, seed: int) -> tuple[dict[str, Spec], di
 
 def build_library(out: Path, width: int, paths: dict[str, Path]) -> Path:
     from sdforensics.api import fingerprint_model
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     folder = out / f"library-w{width}"
     if folder.exists():
@@ -229,7 +229,7 @@ def make_cases(
                 case.merger = "sd-mecha"
                 return
             except Exception as exc:  # noqa: BLE001 - report and fall back
-                case.notes.append(f"sd-mecha failed ({type(exc).__name__}: {exc}); sdforensics.synth used")
+                case.notes.append(f"sd-mecha failed ({type(exc).__name__}: {exc}); sdforensics.synth.specs used")
         fallback()
         case.merger = "synth" if not case.merger else case.merger
 
@@ -466,7 +466,7 @@ def make_cases(
     def diffusers(c: Case) -> None:
         from safetensors.torch import load_file
 
-        from sdforensics.synth_diffusers import write_diffusers
+        from sdforensics.synth.diffusers import write_diffusers
 
         c.path = work / c.name
         if c.path.exists():
@@ -598,7 +598,7 @@ def evaluate(case: Case, rec: dict[str, Any]) -> None:
 
 
 def analyze_case(case: Case, library: Path) -> None:
-    from sdforensics.api import analyze
+    from sdforensics import analyze
 
     t = time.perf_counter()
     a = analyze(case.path, library=library, device="cpu")
@@ -756,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=1, help="sd-mecha merge threads")
     ap.add_argument("--repeat", type=int, default=3, help="speed: median of this many runs")
-    ap.add_argument("--no-mecha", action="store_true", help="use sdforensics.synth formulas only")
+    ap.add_argument("--no-mecha", action="store_true", help="use sdforensics.synth.specs formulas only")
     ap.add_argument("--only", default="", help="comma list of case names (development)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

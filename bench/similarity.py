@@ -21,9 +21,9 @@ import torch
 from safetensors import safe_open
 
 from sdforensics.api import fingerprint_model
-from sdforensics.compare import similarity
-from sdforensics.fpfile import save_fingerprint
-from sdforensics.tables import architecture, block_maps
+from sdforensics.fingerprint.fpfile import save_fingerprint
+from sdforensics.fingerprint.similarity import similarity
+from sdforensics.model.architecture import architecture, block_maps
 
 
 def exact_block_cosines(target: Path, refs: dict[str, Path], base: Path) -> dict[str, dict[str, float]]:

@@ -79,7 +79,7 @@ def paired(cmd: list[str], baseline: list[str], repeat: int) -> tuple[float, int
 
 
 def ensure_models(out: Path, family: str) -> dict[str, Path]:
-    from sdforensics.synth import Base, FineTune, write_safetensors
+    from sdforensics.synth.specs import Base, FineTune, write_safetensors
 
     out.mkdir(parents=True, exist_ok=True)
     base = Base(family, width=1, seed=11)
@@ -97,8 +97,8 @@ def ensure_models(out: Path, family: str) -> dict[str, Path]:
 
 def make_libraries(out: Path, base: Path, n_extra: int) -> tuple[Path, Path]:
     from sdforensics.api import fingerprint_model
-    from sdforensics.fingerprint import Fingerprint
-    from sdforensics.library import Library
+    from sdforensics.fingerprint.fingerprint import Fingerprint
+    from sdforensics.library.store import Library
 
     one, many = out / "lib1", out / "lib50"
     for p in (one, many):

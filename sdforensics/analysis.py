@@ -1,6 +1,6 @@
 """``analyze(path)``: everything sdforensics can tell about one checkpoint, as one value.
 
-The flow is one-way: the file is opened and its headers interpreted (:mod:`sdforensics.passes`),
+The flow is one-way: the file is opened and its headers interpreted (:mod:`sdforensics.model.stream`),
 its tensors streamed once to the collectors, and the results assembled into an
 :class:`Analysis`, which renders itself as text, JSON or HTML and in Jupyter.
 
@@ -12,25 +12,50 @@ its tensors streamed once to the collectors, and the results assembled into an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdforensics.arch import ArchitectureReport
-from sdforensics.hashing import FileHashes
-from sdforensics.identity import Identity, IdentityCollector, build_identity, identity_problems
-from sdforensics.metadata import Metadata, decode
-from sdforensics.passes import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
-from sdforensics.problems import Problem, problem
+from sdforensics.core.safetext import printable
+from sdforensics.fingerprint.similarity import Similarity
+from sdforensics.library.registry import RegistryMatch
+from sdforensics.model.architecture import architecture
+from sdforensics.model.detect import ArchitectureReport
+from sdforensics.model.embedding import Embedding
+from sdforensics.model.hashing import FileHashes
+from sdforensics.model.identity import Identity, IdentityCollector, build_identity, identity_problems
+from sdforensics.model.metadata import Metadata, decode
+from sdforensics.model.problems import Problem, problem
+from sdforensics.model.stream import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
-from sdforensics.safetext import printable
-from sdforensics.tables import architecture
+from sdforensics.recipe.results import RecipeEstimate
+
+
+@dataclass(frozen=True)
+class LibrarySearch:
+    """Which library folders were searched and what they held for the target's family."""
+
+    searched: tuple[Path, ...]
+    references: int
+    """Model references compared."""
+    loras: int
+    skipped: tuple[str, ...]
+    """References left out (another width or fingerprint scheme)."""
+    changed: tuple[str, ...] = ()
+    """References left out because their fingerprint file no longer matches the library's manifest."""
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """The result of :func:`analyze`. Fields not computed are None."""
+    """The result of :func:`analyze`, one typed field per stage. Fields a stage did not compute are None.
+
+    Identity stage: ``path`` .. ``problems``. Later stages: ``registry`` (known-hash matches),
+    ``library`` (what was searched), ``identical`` (components equal to a reference's),
+    ``similarity``, ``recipe`` (the estimate), ``summary`` (the lines a user reads first), and
+    ``lora`` for a LoRA file (its JSON-ready description), ``embedding`` for a textual-inversion
+    embedding. Rendering lives in :mod:`sdforensics.report`.
+    """
 
     path: Path
     layout: Layout
@@ -38,78 +63,25 @@ class Analysis:
     identity: Identity
     metadata: Metadata
     problems: tuple[Problem, ...]
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Results of later stages (registry matches, similarity, recipe), keyed by JSON field."""
+    registry: tuple[RegistryMatch, ...] | None = None
+    library: LibrarySearch | None = None
+    identical: dict[str, str | None] | None = None
+    similarity: Similarity | None = None
+    recipe: RecipeEstimate | None = None
+    summary: tuple[str, ...] | None = None
+    lora: dict[str, Any] | None = None
+    embedding: Embedding | None = None
 
     @property
     def architecture(self) -> ArchitectureReport:
         return self.layout.architecture
 
-    def to_json(self) -> dict[str, Any]:
-        from sdforensics.render_json import analysis_to_json
-
-        return analysis_to_json(self)
-
-    def to_text(self) -> str:
-        from sdforensics.render_text import analysis_to_text
-
-        return analysis_to_text(self)
-
-    def to_html(self, fragment: bool = False) -> str:
-        """The self-contained HTML report (``fragment``: a <div> for embedding)."""
-        from sdforensics.render_html import analysis_to_html
-
-        return analysis_to_html(self, fragment=fragment)
-
-    def _repr_html_(self) -> str:
-        return self.to_html(fragment=True)
-
-    # pandas views and matplotlib figures for notebooks (see sdforensics.frames / sdforensics.plots)
-
-    def similarity_frame(self) -> Any:
-        from sdforensics.frames import similarity_frame
-
-        return similarity_frame(self)
-
-    def block_similarity_frame(self) -> Any:
-        from sdforensics.frames import block_similarity_frame
-
-        return block_similarity_frame(self)
-
-    def recipe_frame(self) -> Any:
-        from sdforensics.frames import recipe_frame
-
-        return recipe_frame(self)
-
-    def blocks_frame(self) -> Any:
-        from sdforensics.frames import blocks_frame
-
-        return blocks_frame(self)
-
-    def layers_frame(self) -> Any:
-        from sdforensics.frames import layers_frame
-
-        return layers_frame(self)
-
-    def plot_recipe(self) -> Any:
-        from sdforensics.plots import recipe_figure
-
-        return recipe_figure(self)
-
-    def plot_blocks(self) -> Any:
-        from sdforensics.plots import blocks_figure
-
-        return blocks_figure(self)
-
-    def plot_similarity(self) -> Any:
-        from sdforensics.plots import similarity_figure
-
-        return similarity_figure(self)
-
-    def plot_unexplained(self) -> Any:
-        from sdforensics.plots import unexplained_figure
-
-        return unexplained_figure(self)
+    def __repr__(self) -> str:
+        """One line (the full analysis is in :func:`sdforensics.report.render_json.analysis_to_json`)."""
+        arch = self.layout.architecture
+        recipe = f", recipe {self.recipe.kind!r}" if self.recipe is not None else ""
+        return (f"Analysis({str(self.path)!r}, {arch.label!r}, {self.identity.n_tensors} tensors"
+                f"{recipe}, {len(self.problems)} problems)")
 
 
 def junk_keys(layout: Layout) -> list[str]:

@@ -1,7 +1,7 @@
 """The library API the CLI and notebooks call: analyze, fingerprint, compare.
 
-Each function reads its input once (:mod:`sdforensics.passes`), then hands arrays to the math
-modules (:mod:`sdforensics.compare`, :mod:`sdforensics.estimate`) and returns values.
+Each function reads its input once (:mod:`sdforensics.model.stream`), then hands arrays to the math
+modules (:mod:`sdforensics.fingerprint.similarity`, :mod:`sdforensics.recipe.estimate`) and returns values.
 """
 
 from __future__ import annotations
@@ -13,17 +13,27 @@ from typing import Any
 
 import numpy as np
 
-from sdforensics.analysis import Analysis, collect
-from sdforensics.compare import Similarity, identical_components, select_references
-from sdforensics.errors import SdfError
-from sdforensics.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
-from sdforensics.library import RefEntry, Reference, library_scheme, load_reference, reference_entries, search_path
-from sdforensics.library_compare import compare_with_library
-from sdforensics.passes import Progress
+from sdforensics.analysis import Analysis, LibrarySearch, collect
+from sdforensics.core.errors import SdfError
+from sdforensics.core.runtime import blas_threads, torch_threads
+from sdforensics.fingerprint.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
+from sdforensics.fingerprint.similarity import Similarity, identical_components, select_references
+from sdforensics.library.refcheck import changed_references, empty_library_summary
+from sdforensics.library.registry import RegistryMatch
+from sdforensics.library.search import compare_with_library
+from sdforensics.library.store import (
+    RefEntry,
+    Reference,
+    library_scheme,
+    load_reference,
+    reference_entries,
+    search_path,
+)
+from sdforensics.model.architecture import architecture, block_map_of
+from sdforensics.model.stream import Progress
 from sdforensics.readers.base import Checkpoint
-from sdforensics.refcheck import changed_references, empty_library_summary
-from sdforensics.runtime import blas_threads, torch_threads
-from sdforensics.tables import architecture, block_maps
+from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
+from sdforensics.recipe.text import summarize
 
 
 def _identity(a: Analysis) -> dict[str, Any]:
@@ -66,39 +76,17 @@ def fingerprint_model(
     return analysis, fper.result(_identity(analysis), digests)
 
 
-def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> list[dict[str, Any]] | None:
-    from sdforensics.registry import load_registry, shipped_registry
+def _registry_matches(a: Analysis, registry_dirs: list[Path] | None) -> tuple[RegistryMatch, ...]:
+    """Known-hash registry entries matching the file or one of its components."""
+    from sdforensics.library.registry import load_registry, shipped_registry
 
-    try:
-        reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
-    except SdfError:
-        raise
-    out: list[dict[str, Any]] = []
+    reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
+    out: list[RegistryMatch] = []
     if a.hashes is not None:
-        for m in reg.match_file(a.hashes.sha256, a.hashes.autov2, a.hashes.autov1):
-            out.append(_match_json(m))
+        out.extend(reg.match_file(a.hashes.sha256, a.hashes.autov2, a.hashes.autov1))
     for comp, h in a.identity.component_hashes.items():
-        for m in reg.match_component(comp, h):
-            out.append(_match_json(m))
-    return out
-
-
-def _match_json(m: Any) -> dict[str, Any]:
-    from sdforensics.registry import lineage_hint
-
-    e = m.entry
-    return {
-        "name": e.name,
-        "family": e.family,
-        "kind": e.kind,
-        "file": e.file,
-        "how": m.how,
-        "strength": m.strength,
-        "warning": m.warning,
-        "source": e.source,
-        "lineage": lineage_hint(e),
-        "official": e.official,
-    }
+        out.extend(reg.match_component(comp, h))
+    return tuple(out)
 
 
 def pick_base(refs: list[Reference], family: str | None) -> int | None:
@@ -116,8 +104,8 @@ def _entry(entries: list[RefEntry], name: str) -> RefEntry:
 def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
     """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
     if is_lora_file(path):
-        from sdforensics.lora import read_lora
-        from sdforensics.lora_bake import lora_fingerprint
+        from sdforensics.lora.files import read_lora
+        from sdforensics.lora.fingerprint import lora_fingerprint
 
         lora = read_lora(Path(path))
         if lora.family is None:
@@ -140,7 +128,7 @@ def is_lora_file(path: Path) -> bool:
 
 def _open_model(path: Path) -> Checkpoint | None:
     """The opened checkpoint (headers validated) when ``path`` is a model; None for a LoRA."""
-    from sdforensics.lora import is_lora
+    from sdforensics.lora.files import is_lora
     from sdforensics.readers import open_checkpoint
 
     ckpt = open_checkpoint(Path(path))
@@ -160,17 +148,17 @@ _NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "
 
 def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
     """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
-    from sdforensics.lora import describe_lora, read_lora
+    from sdforensics.lora.files import describe_lora, read_lora
 
     analysis = collect(Path(path), progress=progress)
     info = describe_lora(read_lora(Path(path)))
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
-    return replace(analysis, problems=problems, extras={"lora": info})
+    return replace(analysis, problems=problems, lora=info)
 
 
 def _embedding_analysis(ckpt: Checkpoint, path: Path, progress: Progress | None) -> Analysis | None:
     """A textual-inversion embedding described (``ckpt`` closed), or None when ``ckpt`` is not one."""
-    from sdforensics.embedding import detect_embedding
+    from sdforensics.model.embedding import detect_embedding
 
     try:
         emb = detect_embedding(ckpt.infos(), Path(path))
@@ -181,7 +169,7 @@ def _embedding_analysis(ckpt: Checkpoint, path: Path, progress: Progress | None)
         return None
     analysis = collect(Path(path), progress=progress, opened=ckpt)
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
-    return replace(analysis, problems=problems, extras={"embedding": emb.to_json()})
+    return replace(analysis, problems=problems, embedding=emb)
 
 
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
@@ -193,7 +181,7 @@ def identify(path: Path, progress: Progress | None = None, registry_dirs: list[P
     if (emb := _embedding_analysis(ckpt, path, progress)) is not None:
         return emb
     analysis = collect(Path(path), progress=progress, opened=ckpt)
-    return replace(analysis, extras={"registry": _registry_matches(analysis, registry_dirs)})
+    return replace(analysis, registry=_registry_matches(analysis, registry_dirs))
 
 
 def analyze(
@@ -217,28 +205,39 @@ def analyze(
         ckpt.close()
         raise
     analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
-    extras: dict[str, Any] = {"registry": _registry_matches(analysis, registry_dirs)}
+    analysis = replace(analysis, registry=_registry_matches(analysis, registry_dirs))
+    return replace(analysis, **compare_and_estimate(analysis, fp, library, library_progress))
+
+
+def compare_and_estimate(
+    analysis: Analysis, fp: Fingerprint, library: Path | None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The library stages of :func:`analyze`: search, similarity, recipe and summary, as Analysis fields."""
     family = analysis.architecture.family
-    entries = reference_entries(search_path(library), family) if family else []
+    folders = search_path(library)
+    entries = reference_entries(folders, family) if family else []
     entries, changed = changed_references(entries)
     found = None
+    arch_name = analysis.architecture.name or family or ""
     if entries:
-        arch = architecture(analysis.architecture.name or family or "")
-        blocks = block_maps()["sdxl" if family == "sdxl" else "sd1"]
+        arch = architecture(arch_name)
+        blocks = block_map_of(arch_name)
         with blas_threads(1):
-            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, library_progress)
+            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, progress)
     skipped = found.skipped if found else []
-    extras["library"] = {
-        "searched": [str(p) for p in search_path(library)],
-        "references": len(found.component_hashes) if found else 0,
-        "loras": len(found.loras) if found else 0,
-        "skipped": skipped,
-        "changed": changed,
+    out: dict[str, Any] = {
+        "library": LibrarySearch(
+            searched=tuple(folders),
+            references=len(found.component_hashes) if found else 0,
+            loras=len(found.loras) if found else 0,
+            skipped=tuple(skipped),
+            changed=tuple(changed),
+        )
     }
+    summary: list[str] | None = None
     if found is not None and found.similarity is not None:
-        sim = found.similarity
-        extras["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
-        extras["similarity"] = similarity_json(sim)
+        sim = out["similarity"] = found.similarity
+        out["identical"] = identical_components(analysis.identity.component_hashes, found.component_hashes)
         base = found.base
         chosen = candidates(sim, base)
         names = [sim.references[i] for i in chosen]  # loaded unless a library mixes layouts: then read again
@@ -246,21 +245,24 @@ def analyze(
         if len(chosen) < len(sim.references):
             sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
             base = chosen.index(base) if base is not None else None
-        recipe = estimate(fp, refs, base, sim, found.loras)
-        if recipe is not None:
-            extras["recipe"], extras["summary"], extras["_estimate"] = recipe
+        est = estimate(fp, refs, base, sim, found.loras, blocks.recipe_convention)
+        if est is not None:
+            out["recipe"] = est
+            summary = summarize(est)
     else:
-        extras["summary"] = empty_library_summary(search_path(library), family, analysis.architecture.label)
+        summary = empty_library_summary(folders, family, analysis.architecture.label)
     if skipped:
         shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
-        extras["summary"] = [
-            *extras.get("summary", []),
+        summary = [
+            *(summary or []),
             f"{len(skipped)} reference{'s were' if len(skipped) != 1 else ' was'} left out ({shown}): made at "
             "another width or with another fingerprint scheme; re-add them with 'sdf refs add'",
         ]
     if changed:
-        extras["summary"] = [*extras.get("summary", []), *(f"left out {line}" for line in changed)]
-    return replace(analysis, extras=extras)
+        summary = [*(summary or []), *(f"left out {line}" for line in changed)]
+    if summary is not None:
+        out["summary"] = tuple(summary)
+    return out
 
 
 def layer_vector(values: np.ndarray, structure: np.ndarray | None) -> np.ndarray:
@@ -306,9 +308,15 @@ def candidates(sim: Similarity, base: int | None, limit: int = MAX_CANDIDATES) -
 
 
 def estimate(
-    fp: Fingerprint, refs: list[Reference], base: int | None, sim: Similarity, loras: list[Reference] | None = None
-) -> tuple[Any, Any, Any] | None:
-    from sdforensics.estimate import LayerData, estimate_recipe, recipe_to_json, summarize
+    fp: Fingerprint,
+    refs: list[Reference],
+    base: int | None,
+    sim: Similarity,
+    loras: list[Reference] | None = None,
+    block_convention: str = BLOCK_CONVENTION,
+) -> RecipeEstimate | None:
+    """The recipe fit of ``fp`` over ``refs`` on the layers ``sim`` compared (None: no common layer)."""
+    from sdforensics.recipe.estimate import LayerData, estimate_recipe
 
     layers = []
     for row in sim.layers:
@@ -332,28 +340,10 @@ def estimate(
         )
     if not layers:
         return None
-    est = estimate_recipe(layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []))
-    return recipe_to_json(est), summarize(est), est
-
-
-def _num(x: float) -> float | None:
-    return None if not np.isfinite(x) else round(float(x), 4)
-
-
-def similarity_json(sim: Similarity) -> dict[str, Any]:
-    return {
-        "base": sim.base,
-        "convention": sim.convention,
-        "references": [
-            {
-                "reference": name,
-                "delta_cosine": _num(sim.overall_delta[j]),
-                "raw_cosine": _num(sim.overall_raw[j]),
-                "blocks": {b: _num(sim.block_delta[i, j]) for i, b in enumerate(sim.blocks)},
-            }
-            for j, name in enumerate(sim.references)
-        ],
-    }
+    return estimate_recipe(
+        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
+        block_convention=block_convention,
+    )
 
 
 def build_official(
@@ -364,9 +354,9 @@ def build_official(
     progress: Progress | None = None,
 ) -> list[tuple[str, Path]]:
     """Fingerprint the official models in ``folder`` (recognised by SHA-256) into ``library``."""
-    from sdforensics.library import Library
-    from sdforensics.official import find_official_files
-    from sdforensics.registry import load_registry, shipped_registry
+    from sdforensics.library.official import find_official_files
+    from sdforensics.library.registry import load_registry, shipped_registry
+    from sdforensics.library.store import Library
 
     reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
     lib = Library(library)
@@ -388,7 +378,7 @@ def add_reference(
 ) -> RefEntry:
     """Fingerprint the checkpoint or LoRA at ``path`` into the library folder ``library`` as
     ``name`` (``official``: the family's base), as ``sdf refs add`` does; returns its entry."""
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     _, fp = fingerprint_any(Path(path), device, progress)
     return Library(Path(library)).add(fp, name, official=official)

@@ -1,6 +1,6 @@
 """``sdf``: the command line. It parses options, calls the library and prints; nothing else.
 
-Every user-facing failure is an :class:`~sdforensics.errors.SdfError`, printed as one line on
+Every user-facing failure is an :class:`~sdforensics.core.errors.SdfError`, printed as one line on
 stderr with exit code 2. Progress goes to stderr; ``--format json`` prints exactly one JSON
 document on stdout.
 """
@@ -17,10 +17,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from sdforensics import json_out
-from sdforensics.errors import SdfError
-from sdforensics.progress import ProgressBar
-from sdforensics.safetext import printable
+from sdforensics.core import json_out
+from sdforensics.core.errors import SdfError
+from sdforensics.core.progress import ProgressBar
+from sdforensics.core.safetext import printable
 
 # click's UsageError and ClickException, found through typer's public BadParameter: typer >= 0.2x
 # vendors its own copy of click, older typer uses the click package.
@@ -253,12 +253,16 @@ def analyze(
         bar.close()
         compare_bar.close()
         if format is Format.json:
-            return json_out.dumps(result.to_json(), indent=1, default=str)
+            from sdforensics.report.render_json import analysis_to_json
+
+            return json_out.dumps(analysis_to_json(result), indent=1, default=str)
         if format is Format.html:
-            from sdforensics.render_html import analysis_to_html
+            from sdforensics.report.render_html import analysis_to_html
 
             return analysis_to_html(result)
-        return result.to_text()
+        from sdforensics.report.render_text import analysis_to_text
+
+        return analysis_to_text(result)
 
     _emit(run(render), out)
 
@@ -275,7 +279,7 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Exact per-layer and per-block comparison of two local checkpoints (streams both)."""
-    from sdforensics.pairwise import compare_files
+    from sdforensics.file_compare import compare_files
 
     def go() -> str:
         result = compare_files(a, b, base=base)
@@ -291,7 +295,7 @@ def scan(
     quiet: QuietOpt = False,
 ) -> None:
     """List every global a pickle names with a verdict. Exit 0 clean, 1 dangerous, 2 error."""
-    from sdforensics.scan import exit_code, render_scan_text, scan_path, scan_to_json
+    from sdforensics.readers.scan import exit_code, render_scan_text, scan_path, scan_to_json
 
     report = run(lambda: scan_path(path))
     _emit(
@@ -305,7 +309,7 @@ def scan(
 
 
 def _target_library(library: Path | None) -> Path:
-    from sdforensics.library import user_library
+    from sdforensics.library.store import user_library
 
     return library if library is not None else user_library()
 
@@ -321,12 +325,12 @@ def refs_add(
 ) -> None:
     """Fingerprint MODEL (a checkpoint or a LoRA) and store it in the library as NAME."""
     from sdforensics.api import fingerprint_any
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
-        from sdforensics.refcheck import add_warnings
+        from sdforensics.library.refcheck import add_warnings
 
         label, fp = fingerprint_any(model, device.value, bar)
         bar.close()
@@ -351,15 +355,15 @@ def refs_import(
     library: LibraryOpt = None,
 ) -> None:
     """Add a fingerprint file someone shared (no weights needed)."""
-    from sdforensics.fpfile import load_fingerprint
-    from sdforensics.library import Library
+    from sdforensics.fingerprint.fpfile import load_fingerprint
+    from sdforensics.library.store import Library
 
     def go() -> str:
         fp = load_fingerprint(fingerprint)
         ref_name = name or fp.name
         if not ref_name:
             raise SdfError(f"{fingerprint}: the fingerprint has no name; pass --name")
-        from sdforensics.refcheck import add_warnings
+        from sdforensics.library.refcheck import add_warnings
 
         lib = Library(_target_library(library))
         for warning in add_warnings(lib, ref_name, fp.identity):
@@ -376,7 +380,7 @@ def refs_remove(
     library: LibraryOpt = None,
 ) -> None:
     """Remove NAME from the library."""
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     _existing_library(library)
 
@@ -397,7 +401,7 @@ def refs_list(
     ] = False,
 ) -> None:
     """Your fingerprinted references; --registry adds the models known by hash only."""
-    from sdforensics.reflist import list_references, render_reference_list
+    from sdforensics.library.reflist import list_references, render_reference_list
 
     _existing_library(library)
 
@@ -414,7 +418,7 @@ def refs_list(
 @refs_app.command("verify")
 def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.text, quiet: QuietOpt = False) -> None:
     """Check every library file against its MANIFEST.sha256 (exit 1 when one differs)."""
-    from sdforensics.library import Library, search_path
+    from sdforensics.library.store import Library, search_path
 
     _existing_library(library)
 
@@ -496,7 +500,7 @@ def synth_family(
     quiet: QuietOpt = False,
 ) -> None:
     """Write an official-style base and N fine-tunes (one a child of another) into OUT."""
-    from sdforensics.synth import write_family
+    from sdforensics.synth.specs import write_family
 
     def go() -> str:
         paths = write_family(out, family.value, width, finetunes, seed, save_as.value)
@@ -518,7 +522,7 @@ def synth_merge(
     quiet: QuietOpt = False,
 ) -> None:
     """Write a weighted merge of members of the synthetic family (same --family/--width/--seed)."""
-    from sdforensics.synth import family_specs, parse_recipe, write_safetensors
+    from sdforensics.synth.specs import family_specs, parse_recipe, write_safetensors
 
     def go() -> str:
         specs = family_specs(family.value, width, 6, seed)
@@ -543,7 +547,7 @@ def demo(
 
 
 def main() -> None:
-    from sdforensics.runtime import tune_allocator
+    from sdforensics.core.runtime import tune_allocator
 
     tune_allocator()
     app()

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdforensics.api import analyze, fingerprint_model
-from sdforensics.library import Library
-from sdforensics.synth import Merge, family_specs, write_safetensors
+from sdforensics.library.store import Library
+from sdforensics.report.render_text import analysis_to_text
+from sdforensics.synth.specs import Merge, family_specs, write_safetensors
 
 
 def run_demo(out: Path, log: Callable[[str], None | object] = print, width: int = 16) -> str:
@@ -28,7 +29,7 @@ def run_demo(out: Path, log: Callable[[str], None | object] = print, width: int 
     target = write_safetensors(mix, out / "mystery-mix.safetensors")
     log(f"undocumented mix (truth: 0.5 x ft1 + 0.3 x ft2 + 0.2 x ft3): {target}")
     result = analyze(target, library=lib.folder, device="cpu")
-    return result.to_text().rstrip("\n") + "\n\n" + next_steps(out) + "\n"
+    return analysis_to_text(result).rstrip("\n") + "\n\n" + next_steps(out) + "\n"
 
 
 def next_steps(out: Path) -> str:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdforensics.cli import app
-from sdforensics.synth import family_specs, write_safetensors
+from sdforensics.synth.specs import family_specs, write_safetensors
 
 WIDTH = 16
 
@@ -37,7 +37,7 @@ def family_specs_sd1() -> dict:
 def library(family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A library with the base (official) and ft1..ft6."""
     from sdforensics.api import fingerprint_model
-    from sdforensics.library import Library
+    from sdforensics.library.store import Library
 
     lib = Library(tmp_path_factory.mktemp("lib") / "library")
     for name, path in family.items():

@@ -18,7 +18,7 @@ run). Every input is a *mutated copy of a valid seed*, built by one of five targ
 
 The contract (:func:`exercise`): ``open_checkpoint`` then ``format()``, ``infos()`` and every
 tensor of ``tensors()`` (bounded), plus the static scanner on the same input, raise nothing but
-:class:`~sdforensics.errors.SdfError`; every yielded tensor matches its ``TensorInfo``; no tensor
+:class:`~sdforensics.core.errors.SdfError`; every yielded tensor matches its ``TensorInfo``; no tensor
 is inflated far beyond the input's size; a planted payload never runs. Anything else is a bug,
 reported with the target and the integer seed that rebuilds the input
 (``python bench/fuzz.py --replay TARGET:SEED``).
@@ -63,8 +63,8 @@ from hostile_pickles import (
     torch_zip,
 )
 
-from sdforensics.dtypes import DTYPES
-from sdforensics.errors import SdfError
+from sdforensics.core.dtypes import DTYPES
+from sdforensics.core.errors import SdfError
 
 MAX_TENSORS = 20_000
 """Tensors iterated per input at most (the bound of the contract's ``tensors()`` pass)."""
@@ -682,7 +682,7 @@ def folder_seeds() -> tuple[Path, ...]:
     """Small diffusers folders (full pipeline, lone UNet component, sharded VAE) and a sharded file."""
     from safetensors.torch import save_file
 
-    from sdforensics.synth_diffusers import write_diffusers
+    from sdforensics.synth.diffusers import write_diffusers
 
     root = Path(tempfile.mkdtemp(prefix="sdf-fuzz-seeds-"))
     full = write_diffusers(_tiny_sd1(), "sd1", root / "pipe")
@@ -875,7 +875,7 @@ def _input_size(path: Path) -> int:
 def exercise(path: Path) -> str:
     """Run the contract on ``path``: ``"accepted"`` or ``"rejected"``; any other exception is a bug."""
     from sdforensics.readers import open_checkpoint
-    from sdforensics.scan import render_scan_text, scan_path, scan_to_json
+    from sdforensics.readers.scan import render_scan_text, scan_path, scan_to_json
 
     try:
         report = scan_path(path)  # SdfError only when the path is missing; a bad file is a finding

@@ -264,7 +264,7 @@ def _storage_key_traversal() -> bytes:
 
 
 def _pipeline(tmp: Path) -> Path:
-    from sdforensics.synth_diffusers import write_diffusers
+    from sdforensics.synth.diffusers import write_diffusers
 
     return write_diffusers(_tiny_sd1(), "sd1", tmp / "pipe")
 

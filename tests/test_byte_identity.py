@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdforensics.byte_identity import ByteIdentity, TensorSpan, count_nonfinite
-from sdforensics.hashing import tensor_digest
-from sdforensics.identity import IdentityCollector
+from sdforensics.model.byte_identity import ByteIdentity, TensorSpan, count_nonfinite
+from sdforensics.model.hashing import tensor_digest
+from sdforensics.model.identity import IdentityCollector
 from sdforensics.readers.base import TensorInfo
 
 DTYPES = {

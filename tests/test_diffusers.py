@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdforensics.diffusers_keys import (
+from sdforensics.core.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
+from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.diffusers_keys import (
     Part,
     Rule,
     diffusers_to_ldm_shapes,
@@ -23,10 +25,8 @@ from sdforensics.diffusers_keys import (
     to_canonical,
     to_diffusers,
 )
-from sdforensics.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
-from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.diffusers_reader import JSON_CAP, DiffusersCheckpoint, open_diffusers, open_sharded
-from sdforensics.synth_diffusers import write_diffusers
+from sdforensics.synth.diffusers import write_diffusers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():

@@ -63,7 +63,7 @@ def test_real_diffusers_embedding(tmp_path: Path) -> None:
 
 
 def test_missing_position_ids_is_not_a_problem(tmp_path: Path) -> None:
-    from sdforensics.synth import Base, write_safetensors
+    from sdforensics.synth.specs import Base, write_safetensors
 
     path = write_safetensors(Base("sd1", width=16, seed=2), tmp_path / "m.safetensors",
                              keys=lambda k: None if k.endswith("position_ids") else k)

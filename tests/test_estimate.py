@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sdforensics.estimate import estimate_recipe, recipe_to_json, summarize, supermerger_blocks
-from sdforensics.estimate_synth import Family, fingerprint, make_family, sketch
-from sdforensics.recipe_text import linear_text, recipe_text
+from sdforensics.recipe.estimate import estimate_recipe, recipe_to_json, summarize, supermerger_blocks
+from sdforensics.recipe.text import linear_text, recipe_text
+from sdforensics.synth.estimate_layers import Family, fingerprint, make_family, sketch
 
 FINETUNES = {"A": None, "B": None, "C": None, "D": None, "E": None, "P": None, "Pc": "P", "U": None}
 
@@ -248,7 +249,7 @@ def test_json_contract(fam):
 
 
 def test_linear_text_rounding():
-    from sdforensics.estimate_types import Weight
+    from sdforensics.recipe.results import Weight
 
     ws = [
         Weight("A", 0.9, (0.9, 0.9)),
@@ -258,3 +259,22 @@ def test_linear_text_rounding():
     ]
     assert linear_text(ws) == "0.9 x A + 0.1 x D + 0.7 x (B - C)"
     assert linear_text([Weight("A", 0.5, (0.4, 0.6)), Weight("B", 0.5, (0.4, 0.6))]) == "0.5 x A + 0.5 x B"
+
+
+def test_a_finetune_of_a_library_model_reads_as_a_finetune_not_a_merge(
+    family_specs_sd1: dict, library: Path, tmp_path: Path
+) -> None:
+    """Issue 15 item 10: was 'Recipe: ft1 (a weighted-sum merge)' beside 'Unexplained: 51%'."""
+    from conftest import sdf
+
+    from sdforensics.synth.specs import FineTune, write_safetensors
+
+    path = write_safetensors(FineTune(family_specs_sd1["ft1"], seed=991, scale=0.03), tmp_path / "tuned.safetensors")
+    doc = json.loads(sdf("analyze", path, "--library", library, "-f", "json").stdout)
+    recipe = doc["recipe"]
+    assert recipe["kind"] == "finetune"
+    assert [c["reference"] for c in recipe["components"]] == ["ft1"]
+    assert recipe["unexplained"] > 0.1
+    text = sdf("analyze", path, "--library", library).stdout
+    assert "ft1 + further training" in text and "weighted-sum" not in text
+    assert "unknown ingredient is likely" not in text

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import blake3
 import torch
+from conftest import sdf
 from safetensors.torch import save_file
 
 from conftest import empty_library, sdf
-from sdforensics.hashing import FileDigester, hash_file
+from sdforensics.model.hashing import FileDigester, hash_file
 
 
 def _independent(path: Path, safetensors: bool) -> dict[str, str | None]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import sdf
 
-from sdforensics.errors import CorruptFileError
+from sdforensics.core.errors import CorruptFileError
 from sdforensics.readers.safetensors_reader import MAX_HEADER_ELEMENTS, open_safetensors
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sdf
 from safetensors.torch import save_file
 
 from conftest import empty_library, sdf
-from sdforensics.arch import detect, scaled
+from sdforensics.model.detect import detect, scaled
 from sdforensics.readers.base import TensorInfo
-from sdforensics.synth import Base, FineTune, Merge, state_dict, write_ckpt, write_diffusers, write_safetensors
+from sdforensics.synth.specs import Base, FineTune, Merge, state_dict, write_ckpt, write_diffusers, write_safetensors
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "manifests"
 if not MANIFESTS.exists():  # CI lays shared/ beside the clone
@@ -59,7 +60,7 @@ def test_unknown_file_gets_closest_candidate_and_missing_keys() -> None:
 
 
 def test_sd3_and_flux_are_recognised_by_name(tmp_path: Path) -> None:
-    from sdforensics.tables import architecture
+    from sdforensics.model.architecture import architecture
 
     for name in ("sd3", "flux"):
         arch = architecture(name)
@@ -67,7 +68,7 @@ def test_sd3_and_flux_are_recognised_by_name(tmp_path: Path) -> None:
         assert report.family == name
     flux = architecture("flux")
     bare = [TensorInfo(k.removeprefix("model.diffusion_model."), s, "BF16", 0) for k, (s, _) in flux.keys.items()]
-    from sdforensics.keymap import canonicalize
+    from sdforensics.model.keymap import canonicalize
 
     mapping = canonicalize(i.name for i in bare)
     assert detect([TensorInfo(mapping.canonical[i.name], i.shape, i.dtype, 0) for i in bare]).family == "flux"

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdforensics import library_compare
 from sdforensics.api import fingerprint_model
-from sdforensics.compare import similarity
-from sdforensics.fingerprint import Fingerprint
-from sdforensics.fpfile import load_fingerprint
-from sdforensics.library import Library, reference_entries
-from sdforensics.tables import architecture, block_maps
+from sdforensics.fingerprint.fingerprint import Fingerprint
+from sdforensics.fingerprint.fpfile import load_fingerprint
+from sdforensics.fingerprint.similarity import similarity
+from sdforensics.library import search as library_compare
+from sdforensics.library.store import Library, reference_entries
+from sdforensics.model.architecture import architecture, block_maps
 
 FIELDS = ("layer_delta", "layer_raw", "block_delta", "block_raw", "overall_delta", "overall_raw")
 
@@ -89,7 +89,7 @@ def test_progress_bar_rate_starts_at_the_first_report(monkeypatch: pytest.Monkey
     no made-up rate: none from an instant, then bytes over the time since its first report."""
     import io
 
-    from sdforensics import progress
+    from sdforensics.core import progress
 
     clock = iter([100.0, 100.05, 102.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))

@@ -13,15 +13,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdforensics.errors import UnsupportedFormatError
-from sdforensics.fingerprint import Fingerprinter, Scheme
-from sdforensics.lora import LoraFile, describe_lora, is_lora, read_lora, training_summary
-from sdforensics.lora_bake import Baked, bake, block_of_family, lora_fingerprint
-from sdforensics.lora_keys import module_index
+from sdforensics.core.errors import UnsupportedFormatError
+from sdforensics.fingerprint.fingerprint import Fingerprinter, Scheme
+from sdforensics.lora.files import LoraFile, describe_lora, is_lora, read_lora, training_summary
+from sdforensics.lora.fingerprint import block_of_family, lora_fingerprint
+from sdforensics.lora.keys import module_index
+from sdforensics.model.architecture import architecture
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import TensorInfo
-from sdforensics.synth import Base
-from sdforensics.tables import architecture
+from sdforensics.synth.lora_bake import Baked, bake
+from sdforensics.synth.specs import Base
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():

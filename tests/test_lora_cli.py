@@ -30,9 +30,9 @@ def test_analyze_describes_a_lora(tmp_path: Path) -> None:
 
 def test_baked_library_lora_strength_is_estimated(tmp_path: Path) -> None:
     """A real LoRA baked at 0.8 into a full-width base (only a few of its layers written, to stay fast)."""
-    from sdforensics.lora import read_lora
-    from sdforensics.lora_bake import Baked
-    from sdforensics.synth import Base, write_safetensors
+    from sdforensics.lora.files import read_lora
+    from sdforensics.synth.lora_bake import Baked
+    from sdforensics.synth.specs import Base, write_safetensors
 
     lora = read_lora(CAT)
     keys = sorted(lora.targets())[:24]

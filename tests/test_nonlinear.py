@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sdforensics.estimate import estimate_recipe
-from sdforensics.estimate_synth import Family, fingerprint, make_family
-from sdforensics.nonlinear import (
+from sdforensics.recipe.estimate import estimate_recipe
+from sdforensics.recipe.nonlinear import (
     detect_elementwise,
     detect_lowrank,
     estimate_lora_strength,
     numerical_rank,
     top_energy_share_of_noise,
 )
+from sdforensics.synth.estimate_layers import Family, fingerprint, make_family
 
 torch = pytest.importorskip("torch")
 try:

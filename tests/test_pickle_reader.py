@@ -27,7 +27,7 @@ from hostile_pickles import (
     write_case,
 )
 
-from sdforensics import errors
+from sdforensics.core import errors
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.pickle_reader import PickleCheckpoint, open_pickle
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sdforensics.errors import LibraryError
-from sdforensics.manifest import MANIFEST_NAME, verify_manifest, write_manifest
-from sdforensics.official import download_first, download_official, find_official_files, official_urls
-from sdforensics.registry import (
+from sdforensics.core.errors import LibraryError
+from sdforensics.library.manifest import MANIFEST_NAME, verify_manifest, write_manifest
+from sdforensics.library.official import download_first, download_official, find_official_files, official_urls
+from sdforensics.library.registry import (
     FAMILIES,
     SCHEMA,
     SHIPPED_DIR,

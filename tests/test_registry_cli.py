@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from conftest import empty_library, sdf
-from sdforensics.registry import SHIPPED_DIR
+
+from sdforensics.library.registry import SHIPPED_DIR
 
 
 def _registry(path: Path, entries: list[dict]) -> Path:

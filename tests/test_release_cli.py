@@ -76,7 +76,7 @@ def test_demo_prints_follow_up_commands_that_work(tmp_path: Path, monkeypatch: p
 
 def test_compare_refuses_other_architectures_and_shows_change_from_base(family: dict[str, Path],
                                                                         tmp_path: Path) -> None:
-    from sdforensics.synth import Base, write_safetensors
+    from sdforensics.synth.specs import Base, write_safetensors
 
     xl = write_safetensors(Base("sdxl", width=32, seed=1), tmp_path / "xl.safetensors")
     _one_line_error(sdf("compare", family["ft1"], xl), "different architectures")
@@ -101,7 +101,7 @@ def test_refs_add_warns_on_overwrite_and_duplicate(family: dict[str, Path], tmp_
 
 
 def test_a_changed_reference_is_left_out_and_named(library: Path, family: dict[str, Path], tmp_path: Path) -> None:
-    from sdforensics.synth import Merge, family_specs, write_safetensors
+    from sdforensics.synth.specs import Merge, family_specs, write_safetensors
 
     lib = tmp_path / "lib"
     shutil.copytree(library, lib)
@@ -121,7 +121,7 @@ def test_a_changed_reference_is_left_out_and_named(library: Path, family: dict[s
 
 
 def test_skipped_references_are_named_in_text(library: Path, tmp_path: Path) -> None:
-    from sdforensics.synth import family_specs, write_safetensors
+    from sdforensics.synth.specs import family_specs, write_safetensors
 
     other = write_safetensors(family_specs("sd1", width=8, finetunes=1, seed=3)["ft1"], tmp_path / "w8.safetensors")
     lib = tmp_path / "lib"

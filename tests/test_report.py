@@ -22,10 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdforensics.api import analyze, fingerprint_model
-from sdforensics.library import Library
-from sdforensics.render_html import SECTIONS, analysis_to_html
-from sdforensics.synth import family_specs, write_safetensors
+from sdforensics import LibrarySearch, analyze
+from sdforensics.api import fingerprint_model
+from sdforensics.library.store import Library
+from sdforensics.report.render_html import SECTIONS, analysis_to_html
+from sdforensics.synth.specs import family_specs, write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL_REF = "<script>alert('ref')</script> $\\frac{$ evil"
@@ -117,7 +118,7 @@ def test_every_hostile_string_is_escaped(report: str) -> None:
 
 
 def test_report_shows_recipe_and_declared_metadata(analysis: Any, report: str) -> None:
-    weights = {c["reference"]: c["weight"] for c in analysis.extras["recipe"]["components"]}
+    weights = {w.reference: round(w.weight, 6) for w in analysis.recipe.weights}
     assert weights["ft1"] == pytest.approx(0.6, abs=0.02)
     assert weights[EVIL_REF] == pytest.approx(0.4, abs=0.02)
     assert "declared (metadata)" in report and "A1111 checkpoint merger" in report
@@ -132,7 +133,13 @@ def test_jupyter_fragment(analysis: Any) -> None:
 
 
 def test_frames(analysis: Any) -> None:
-    from sdforensics.frames import block_similarity_frame, blocks_frame, layers_frame, recipe_frame, similarity_frame
+    from sdforensics.report.frames import (
+        block_similarity_frame,
+        blocks_frame,
+        layers_frame,
+        recipe_frame,
+        similarity_frame,
+    )
 
     rf = recipe_frame(analysis)
     assert list(rf.columns) == ["weight", "ci95_low", "ci95_high"]
@@ -154,7 +161,7 @@ def test_figures_treat_names_as_plain_text(analysis: Any, tmp_path: Path) -> Non
     from matplotlib.figure import Figure
     from matplotlib.text import Text
 
-    from sdforensics import plots
+    from sdforensics.report import plots
 
     assert plots.plain("a $x$ b") == r"a \$x\$ b"
     for fn in (plots.recipe_figure, plots.blocks_figure, plots.similarity_figure, plots.unexplained_figure):
@@ -185,9 +192,10 @@ def test_cli_writes_html_without_library(built: dict[str, Path], tmp_path: Path)
 
 
 def test_frames_and_figures_without_library(analysis: Any, tmp_path: Path) -> None:
-    from sdforensics import frames, plots
+    from sdforensics.report import frames, plots
 
-    bare = replace(analysis, extras={"registry": [], "library": {"searched": [], "references": 0}, "summary": []})
+    bare = replace(analysis, registry=(), library=LibrarySearch((), 0, 0, ()), identical=None, similarity=None,
+                   recipe=None, summary=())
     assert frames.recipe_frame(bare).empty and frames.blocks_frame(bare).empty
     assert frames.similarity_frame(bare).empty and frames.block_similarity_frame(bare).empty
     for fn in (plots.recipe_figure, plots.blocks_figure, plots.similarity_figure, plots.unexplained_figure):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sdforensics.api import analyze
-from sdforensics.synth import Merge, family_specs, write_safetensors
-from sdforensics.tables import block_maps
+from sdforensics.synth.specs import Merge, family_specs, write_safetensors
+from sdforensics.model.architecture import block_maps
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def block_mix(tmp_path_factory: pytest.TempPathFactory, library: Path) -> object
 
 
 def test_block_merge_headline_has_no_minus_zero_and_wraps(block_mix: object) -> None:
-    from sdforensics.render_html import analysis_to_html
+    from sdforensics.report.render_html import analysis_to_html
 
     recipe = block_mix.to_json()["recipe"]  # type: ignore[attr-defined]
     assert recipe["kind"] == "block_weighted"
@@ -36,8 +36,8 @@ def test_block_merge_headline_has_no_minus_zero_and_wraps(block_mix: object) -> 
 
 
 def test_unexplained_is_rounded_the_same_everywhere(block_mix: object) -> None:
-    from sdforensics.render_html import analysis_to_html
-    from sdforensics.safetext import percent
+    from sdforensics.report.render_html import analysis_to_html
+    from sdforensics.core.safetext import percent
 
     u = block_mix.to_json()["recipe"]["unexplained"]  # type: ignore[attr-defined]
     shown = percent(u)
@@ -48,8 +48,8 @@ def test_unexplained_is_rounded_the_same_everywhere(block_mix: object) -> None:
 
 
 def test_unexplained_axis_is_scaled_to_the_bars(block_mix: object) -> None:
-    from sdforensics.frames import blocks_frame
-    from sdforensics.plots import unexplained_figure
+    from sdforensics.report.frames import blocks_frame
+    from sdforensics.report.plots import unexplained_figure
 
     peak = float(blocks_frame(block_mix)["unexplained"].max()) * 100  # type: ignore[arg-type]
     assert peak < 2  # small bars: they must not sit at the bottom of a 5% axis
@@ -58,7 +58,7 @@ def test_unexplained_axis_is_scaled_to_the_bars(block_mix: object) -> None:
 
 
 def test_heatmap_numbers_are_readable(block_mix: object) -> None:
-    from sdforensics.plots import similarity_figure
+    from sdforensics.report.plots import similarity_figure
 
     texts = [t for t in similarity_figure(block_mix).axes[0].texts]  # type: ignore[arg-type]
     assert texts and min(t.get_fontsize() for t in texts) >= 8
@@ -66,7 +66,7 @@ def test_heatmap_numbers_are_readable(block_mix: object) -> None:
 
 
 def test_a_reference_keeps_its_colour_across_reports(block_mix: object, library: Path, tmp_path: Path) -> None:
-    from sdforensics.plots import palette
+    from sdforensics.report.plots import palette
 
     specs = family_specs("sd1", width=16, finetunes=6, seed=3)
     other = write_safetensors(Merge(((0.7, specs["ft2"]), (0.3, specs["ft3"]))), tmp_path / "m.safetensors")

@@ -133,7 +133,7 @@ def test_many_tiny_tensors_header_is_handled_quickly(tmp_path: Path) -> None:
 
 
 def test_file_truncated_after_open_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    from sdforensics.errors import CorruptFileError
+    from sdforensics.core.errors import CorruptFileError
     from sdforensics.readers.safetensors_reader import open_safetensors
 
     path = tmp_path / "shrinks.safetensors"

@@ -22,9 +22,9 @@ from hostile_pickles import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdforensics import errors
-from sdforensics.pickle_ops import verdict, walk
-from sdforensics.scan import exit_code, render_scan_text, scan_path, scan_to_json
+from sdforensics.core import errors
+from sdforensics.readers.pickle_ops import verdict, walk
+from sdforensics.readers.scan import exit_code, render_scan_text, scan_path, scan_to_json
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

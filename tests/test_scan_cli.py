@@ -12,7 +12,7 @@ import pytest
 from conftest import empty_library, sdf
 from hostile_pickles import GOOD_STORAGES, dumps, inst_payload, sd1_checkpoint, system_call, torch_zip
 
-from sdforensics.synth import family_specs, write_ckpt
+from sdforensics.synth.specs import family_specs, write_ckpt
 
 
 @pytest.fixture(scope="module")

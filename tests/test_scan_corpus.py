@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from scan_corpus import CORPUS, write_corpus
 
-from sdforensics.scan import exit_code, scan_path
+from sdforensics.readers.scan import exit_code, scan_path
 
 HERE = Path(__file__).resolve().parent
 

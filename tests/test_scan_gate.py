@@ -19,8 +19,8 @@ import torch
 from conftest import sdf
 from hostile_pickles import GOOD_STORAGES, Entry, dumps, good_state_pickle, make_zip, system_call, torch_zip
 
-from sdforensics.scan import ZipLayout, ZipMember, exit_code, read_zip_layout, scan_path
-from sdforensics.zip_members import resolve_main_pickle
+from sdforensics.readers.scan import ZipLayout, ZipMember, exit_code, read_zip_layout, scan_path
+from sdforensics.readers.zip_members import resolve_main_pickle
 
 
 def _hf_snapshot(tmp_path: Path, payload: bytes) -> Path:
@@ -146,7 +146,7 @@ def test_fifo_in_a_folder_is_not_opened(tmp_path: Path) -> None:
 def test_defect_4_globals_are_named_dangerous(qual: str) -> None:
     """Each runs code or touches files (the corpus proves it); unknown callables already exit 1,
     the denylist sharpens the verdict to 'dangerous'."""
-    from sdforensics.pickle_ops import verdict
+    from sdforensics.readers.pickle_ops import verdict
 
     module, name = qual.rsplit(".", 1)
     assert verdict(module, name) == "dangerous"

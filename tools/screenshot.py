@@ -74,7 +74,7 @@ def demo_report(folder: Path) -> Path:
     """Build the demo family and mix in ``folder`` and write its HTML report."""
     from sdforensics.api import analyze
     from sdforensics.demo import run_demo
-    from sdforensics.render_html import analysis_to_html
+    from sdforensics.report.render_html import analysis_to_html
 
     run_demo(folder, log=lambda _: None)
     a = analyze(folder / "mystery-mix.safetensors", library=folder / "library", device="cpu")

@@ -3,6 +3,10 @@
 :func:`open_checkpoint` sniffs the first bytes (never the extension) and picks the reader:
 safetensors, torch zip or legacy pickle (``.ckpt/.pt/.pth/.bin``), a diffusers folder, or a
 sharded ``*.index.json``. Anything else is refused with one clear line.
+
+The subpackage owns files in, tensors out: the readers, pickle walking (:mod:`.pickle_ops`, never
+executing), the scanner behind ``sdf scan`` (:mod:`.scan`) and the diffusers key map
+(:mod:`.diffusers_keys`). It imports only :mod:`sdforensics.core`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from sdforensics.errors import CorruptFileError, UnsupportedFormatError
+from sdforensics.core.errors import CorruptFileError, UnsupportedFormatError
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import looks_like_safetensors, open_safetensors
 

@@ -7,7 +7,7 @@ offers two views:
 * :meth:`Checkpoint.tensors` -- the tensors themselves, one at a time, in file order, so a
   7 GB file never has to be held in memory.
 
-Names are the names *as stored*; :mod:`sdforensics.keymap` turns them into the canonical
+Names are the names *as stored*; :mod:`sdforensics.model.keymap` turns them into the canonical
 single-file (ldm/sgm) names the rest of the package uses.
 """
 
@@ -29,7 +29,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    """safetensors dtype code, e.g. ``F16`` (see :mod:`sdforensics.dtypes`)."""
+    """safetensors dtype code, e.g. ``F16`` (see :mod:`sdforensics.core.dtypes`)."""
     nbytes: int
     source: str = ""
     """Which file of a multi-file checkpoint holds it (diffusers folders, shards); "" otherwise."""

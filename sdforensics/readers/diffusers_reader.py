@@ -2,7 +2,7 @@
 
 :func:`open_diffusers` reads a diffusers pipeline folder (``model_index.json`` with ``unet/``,
 ``text_encoder/``, ``text_encoder_2/``, ``vae/``) or one lone component folder (``config.json``
-+ weights) and yields **canonical** single-file tensors (see :mod:`sdforensics.diffusers_keys`):
++ weights) and yields **canonical** single-file tensors (see :mod:`sdforensics.readers.diffusers_keys`):
 OpenCLIP ``in_proj`` is assembled from q/k/v, VAE attention linears become 1x1 convolutions.
 Components are read in the order ``unet, text_encoder, text_encoder_2, vae``, each file in file
 order; a canonical tensor comes out as soon as its last part has been read. Diffusers tensors
@@ -38,7 +38,9 @@ from typing import Any
 
 import torch
 
-from sdforensics.diffusers_keys import (
+from sdforensics.core.errors import CorruptFileError, UnsafeFileError, UnsupportedFormatError
+from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
+from sdforensics.readers.diffusers_keys import (
     COMPONENTS,
     Rule,
     canonical_shape,
@@ -46,8 +48,6 @@ from sdforensics.diffusers_keys import (
     plan_from_diffusers,
     to_canonical,
 )
-from sdforensics.errors import CorruptFileError, UnsafeFileError, UnsupportedFormatError
-from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
 from sdforensics.readers.safetensors_reader import open_safetensors
 
 JSON_CAP = 10 * 1024 * 1024

@@ -5,7 +5,7 @@ Two containers are read: the torch zip format (``<any folder>/data.pkl`` plus ra
 number, protocol version, sys info, the object, the storage keys -- then the raw storages).
 
 Before anything is unpickled, every pickle is walked statically
-(:func:`sdforensics.pickle_ops.walk`, bounded in opcodes, memo and nesting) and every global
+(:func:`sdforensics.readers.pickle_ops.walk`, bounded in opcodes, memo and nesting) and every global
 it names is rated by ``data/pickle_allowlist.json``; one dangerous or unknown global and the
 file is refused with :class:`UnsafeFileError`. Only then does a restricted unpickler run, in
 which every global is an inert stand-in (lightning callbacks, numpy scalars ...) and tensors
@@ -34,10 +34,11 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..dtypes import DTYPES, STORAGE_CLASSES, DType
-from ..errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
-from ..pickle_ops import DANGEROUS, SAFE, WalkResult, verdict, walk, walk_all
-from ..scan import (
+from ..core.dtypes import DTYPES, STORAGE_CLASSES, DType
+from ..core.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
+from .base import FormatInfo, PickleGlobal, TensorInfo
+from .pickle_ops import DANGEROUS, SAFE, WalkResult, verdict, walk, walk_all
+from .scan import (
     MAX_PICKLE_BYTES,
     ZipLayout,
     _esc,
@@ -50,9 +51,8 @@ from ..scan import (
     read_zip_layout,
     sniff,
 )
-from ..shape_bounds import shape_overflows
-from ..zip_members import resolve_main_pickle
-from .base import FormatInfo, PickleGlobal, TensorInfo
+from .shape_bounds import shape_overflows
+from .zip_members import resolve_main_pickle
 
 MAX_NODES = 5_000_000
 MAX_DEPTH = 64

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sdforensics.dtypes import DTYPES
-from sdforensics.errors import CorruptFileError
+from sdforensics.core.dtypes import DTYPES
+from sdforensics.core.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
 from sdforensics.shape_bounds import shape_overflows
 
@@ -367,5 +367,5 @@ def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
 
 
 def open_safetensors(path: Path) -> SafetensorsCheckpoint:
-    """Open and validate ``path``; raises :class:`~sdforensics.errors.CorruptFileError` on bad input."""
+    """Open and validate ``path``; raises :class:`~sdforensics.core.errors.CorruptFileError` on bad input."""
     return SafetensorsCheckpoint(Path(path))

@@ -1,0 +1,487 @@
+"""Recipe estimation: which references a checkpoint was mixed from, and how much of each.
+
+Linear sketches keep merges linear, so the target is fitted as an *affine* combination of the
+references, ``T = sum_i w_i M_i`` with ``sum_i w_i = 1`` (negative weights allowed: add difference
+``A + m (B - C)`` is ``(1, m, -m)``). The fit runs in delta space around a pivot ``P`` (the
+family's official base, else the nearest reference): ``T - P = sum_{i != P} w_i (M_i - P)``,
+every layer of the model stacked (sketches preserve norms, so each layer weighs like its real
+size). Steps: exact/near copy check, stepwise choice of the few ingredients, refit, per-block
+and per-component refits, element-wise (TIES/DARE) check on the coordinate samples, low-rank
+(LoRA) check on the residual, ambiguity of collinear references, then the kind of merge.
+
+Pure functions: no I/O, no printing, deterministic. Blocks use SuperMerger's ids (time_embed in
+IN00). See :func:`estimate_recipe`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import chi2
+
+from sdforensics.recipe.fit import Fit, Grams, build_grams, column_cosines, fit_columns, forward_select
+from sdforensics.recipe.nonlinear import detect_elementwise, detect_lowrank, numerical_rank
+from sdforensics.recipe.results import (
+    BLOCK_CONVENTION,
+    AmbiguousGroup,
+    BlockFit,
+    ElementwiseFinding,
+    LoraFinding,
+    RecipeEstimate,
+    SuperMergerWeights,
+    Weight,
+)
+from sdforensics.recipe.text import recipe_text, recipe_to_json, summarize
+
+__all__ = [
+    "LayerData",
+    "RecipeEstimate",
+    "estimate_recipe",
+    "recipe_text",
+    "recipe_to_json",
+    "summarize",
+    "supermerger_blocks",
+]
+
+#: relative distance ||T - M|| / ||M|| below which T is a re-save of M (bf16 rounding ~1.5e-3)
+COPY_REL_DIST = 5e-3
+#: delta cosine above which two references' split is reported as ambiguous
+COLLINEAR_COS = 0.9
+#: a block weight must differ from the global one by this much (and 3 sigma) to be block-weighted
+BLOCK_DIFF_MIN = 0.05
+_Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class LayerData:
+    key: str  # canonical tensor name, e.g. "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+    block: str  # SuperMerger block id: "BASE", "IN00".."IN11", "M00", "OUT00".."OUT11", "VAE"
+    component: str  # "unet" | "text_encoder" | "vae"
+    target: np.ndarray  # 1-D float64: linear sketch S(x) of the target's tensor
+    refs: np.ndarray  # (n_refs, d) float64: the same sketch of each reference's tensor
+    sample_target: np.ndarray  # 1-D float64: raw values at m fixed hash-chosen coordinates
+    sample_refs: np.ndarray  # (n_refs, m) float64
+    sketch2d: tuple[int, int] | None  # k1 x k2 two-sided sketch (row-major) in the LAST k1*k2 entries, or None
+    numel: int  # elements of the real tensor
+
+
+def _tail2d(vector: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The k1 x k2 two-sided sketch: the last k1*k2 entries of a layer's vector (the whole vector
+    when that is all it holds; fingerprints put an unbiased CountSketch in front of it)."""
+    n = shape[0] * shape[1]
+    return vector[-n:].reshape(shape)
+
+
+def supermerger_blocks(block_ids: Sequence[str]) -> tuple[str, ...]:
+    """SuperMerger's block order for the family these ids come from (26 for SD1/2, 20 for SDXL)."""
+    sd1 = any(b in ("IN09", "IN10", "IN11", "OUT09", "OUT10", "OUT11") for b in block_ids)
+    n = 12 if sd1 else 9
+    return ("BASE",) + tuple(f"IN{i:02d}" for i in range(n)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(n))
+
+
+def _ordered_blocks(layers: Sequence[LayerData]) -> list[str]:
+    seen = list(dict.fromkeys(layer.block for layer in layers))
+    order = list(supermerger_blocks(seen)) + ["VAE"]
+    return [b for b in order if b in seen] + [b for b in seen if b not in order]
+
+
+def _ci(value: float, var: float) -> tuple[float, float]:
+    half = _Z95 * float(np.sqrt(max(var, 0.0)))
+    return (value - half, value + half)
+
+
+class _Problem:
+    """Delta-space design of one target against the library (plus optional LoRA columns)."""
+
+    def __init__(
+        self,
+        layers: Sequence[LayerData],
+        pivot: int,
+        n_refs: int,
+        lora_deltas: Mapping[str, Mapping[str, np.ndarray]],
+    ) -> None:
+        self.model_cols = [i for i in range(n_refs) if i != pivot]
+        self.lora_names = list(lora_deltas)
+        self.layers = layers
+        self.pivot = pivot
+        self.lora_deltas = lora_deltas
+        self.ys = [layer.target - layer.refs[pivot] for layer in layers]
+        self.grams: Grams = build_grams(self.ys, (self.design(li) for li in range(len(layers))))
+        self.n_model = len(self.model_cols)
+
+    def design(self, li: int, columns: Sequence[int] | None = None) -> np.ndarray:
+        """Columns of layer ``li`` (reference deltas, then LoRA sketches), built on demand."""
+        layer = self.layers[li]
+        p = layer.refs[self.pivot]
+        n_model = len(self.model_cols)
+        wanted = range(n_model + len(self.lora_names)) if columns is None else columns
+        cols = []
+        for c in wanted:
+            if c < n_model:
+                cols.append(layer.refs[self.model_cols[c]] - p)
+            else:
+                sk = self.lora_deltas[self.lora_names[c - n_model]].get(layer.key)
+                cols.append(np.zeros_like(p) if sk is None else np.asarray(sk, dtype=np.float64).ravel())
+        return np.stack(cols, axis=1) if cols else np.zeros((p.shape[0], 0))
+
+    def residual(self, li: int, fit: Fit) -> np.ndarray:
+        if not fit.columns:
+            return self.ys[li]
+        return self.ys[li] - self.design(li, fit.columns) @ fit.coef
+
+
+def _affine_weights(fit: Fit, n_model: int, model_cols: list[int], pivot: int) -> dict[int, tuple[float, float]]:
+    """Reference index -> (weight, variance), the pivot's weight being 1 - sum of the others."""
+    out: dict[int, tuple[float, float]] = {}
+    model_pos = [k for k, c in enumerate(fit.columns) if c < n_model]
+    for k in model_pos:
+        out[model_cols[fit.columns[k]]] = (float(fit.coef[k]), float(fit.cov[k, k]))
+    idx = np.array(model_pos, dtype=int)
+    pv = 1.0 - float(fit.coef[idx].sum()) if idx.size else 1.0
+    pvar = float(fit.cov[np.ix_(idx, idx)].sum()) if idx.size else 0.0
+    out[pivot] = (pv, pvar)
+    return out
+
+
+def _block_fit(
+    prob: _Problem, mask: np.ndarray, columns: Sequence[int], label: str, names: Sequence[str], pivot: int
+) -> tuple[BlockFit, Fit]:
+    sub = prob.grams.subset(mask)
+    total = prob.grams.gram.sum(axis=0)
+    rows_share = max(float(sub.rows.sum()), 1.0) / max(float(prob.grams.rows.sum()), 1.0)
+    diag_b = sub.gram.sum(axis=0).diagonal()
+    present = [c for c in columns if diag_b[c] > 1e-6 * rows_share * total[c, c]]
+    fit = fit_columns(sub, present)
+    unexplained = fit.unexplained if fit.yy > 0 else 0.0
+    entries: list[tuple[str, float | None, tuple[float, float] | None]] = []
+    pos = {c: k for k, c in enumerate(fit.columns)}
+    model_present = [pos[c] for c in present if c < prob.n_model]
+    complete = len(present) == len(columns)
+    if complete:
+        idx = np.array(model_present, dtype=int)
+        pv = 1.0 - float(fit.coef[idx].sum()) if idx.size else 1.0
+        pvar = float(fit.cov[np.ix_(idx, idx)].sum()) if idx.size else 0.0
+        entries.append((names[pivot], pv, _ci(pv, pvar)))
+    else:
+        entries.append((names[pivot], None, None))
+    for c in columns:
+        ref = names[prob.model_cols[c]] if c < prob.n_model else prob.lora_names[c - prob.n_model]
+        if c in pos:
+            k = pos[c]
+            w = float(fit.coef[k])
+            entries.append((ref, w, _ci(w, float(fit.cov[k, k]))))
+        else:
+            entries.append((ref, None, None))
+    return BlockFit(label, tuple(entries), unexplained if fit.yy > 0 else None), fit
+
+
+def _nearest_copy(layers: Sequence[LayerData], mask: np.ndarray, n_refs: int) -> tuple[list[int], np.ndarray]:
+    """References within COPY_REL_DIST of the target on the masked layers, and all distances."""
+    d2 = np.zeros(n_refs)
+    n2 = np.zeros(n_refs)
+    for layer, m in zip(layers, mask, strict=True):
+        if m:
+            d2 += ((layer.refs - layer.target[None, :]) ** 2).sum(axis=1)
+            n2 += (layer.refs**2).sum(axis=1)
+    rel = np.sqrt(d2 / np.maximum(n2, 1e-300))
+    return [int(i) for i in np.nonzero(rel <= COPY_REL_DIST)[0]], rel
+
+
+def _ambiguous(prob: _Problem, fit: Fit, names: Sequence[str]) -> tuple[AmbiguousGroup, ...]:
+    cos = column_cosines(prob.grams)
+    nm = prob.n_model
+    chosen = [c for c in fit.columns if c < nm]
+    parent = list(range(nm))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for c in chosen:
+        for j in range(nm):
+            if j != c and cos[c, j] >= COLLINEAR_COS:
+                parent[find(j)] = find(c)
+    groups: dict[int, list[int]] = {}
+    for j in range(nm):
+        groups.setdefault(find(j), []).append(j)
+    out = []
+    pos = {c: k for k, c in enumerate(fit.columns)}
+    for members in groups.values():
+        if len(members) < 2 or not any(m in pos for m in members):
+            continue
+        idx = np.array([pos[m] for m in members if m in pos])
+        w = float(fit.coef[idx].sum())
+        var = float(fit.cov[np.ix_(idx, idx)].sum())
+        if abs(w) < 0.03:  # a trace of the pair, not an ingredient worth splitting
+            continue
+        mc = min(cos[a, b] for a in members for b in members if a != b)
+        refs = tuple(names[prob.model_cols[m]] for m in members)
+        out.append(AmbiguousGroup(refs, w, _ci(w, var), float(mc)))
+    return tuple(out)
+
+
+def _supermerger(
+    blocks: Sequence[BlockFit], weights: Sequence[Weight], block_ids: Sequence[str]
+) -> SuperMergerWeights | None:
+    order = supermerger_blocks(block_ids)
+    by_block = {b.block: b for b in blocks}
+    gw = {w.reference: w.weight for w in weights}
+    refs = [w.reference for w in weights if abs(w.weight) > 0.02 or _any_block_weight(blocks, w.reference)]
+    models: tuple[str, ...]
+    if len(refs) == 2:
+        a, b = sorted(refs, key=lambda r: -gw.get(r, 0.0))
+        formula, models, key = "(1-alpha) x A + alpha x B", (a, b), b
+    elif len(refs) == 3:
+        anchor = max(refs, key=lambda r: gw.get(r, 0.0))
+        rest = [r for r in refs if r != anchor]
+        pos_ref = max(rest, key=lambda r: gw.get(r, 0.0))
+        neg_ref = min(rest, key=lambda r: gw.get(r, 0.0))
+        if gw.get(neg_ref, 0.0) >= 0 or abs(gw.get(anchor, 0.0) - 1.0) > 0.05:
+            return None
+        formula, models, key = "A + alpha x (B - C)", (anchor, pos_ref, neg_ref), pos_ref
+    else:
+        return None
+    alphas, undetermined = [], []
+    for blk in order:
+        fitb = by_block.get(blk)
+        val = None
+        if fitb is not None:
+            val = dict((r, w) for r, w, _ in fitb.weights).get(key)
+        if val is None:
+            undetermined.append(blk)
+            val = gw.get(key, 0.0)
+        alphas.append(round(float(val), 3) + 0.0)  # + 0.0 turns -0.0 into 0 (no "-0" in the list)
+    text = ",".join(f"{a:g}" for a in alphas)
+    return SuperMergerWeights(formula, models, order, tuple(alphas), text, tuple(undetermined))
+
+
+def _any_block_weight(blocks: Sequence[BlockFit], ref: str) -> bool:
+    return any(r == ref and w is not None and abs(w) > 0.02 for b in blocks for r, w, _ in b.weights)
+
+
+def _is_block_weighted(blocks: Sequence[BlockFit], weights: Sequence[Weight]) -> bool:
+    """Per-block weights differ beyond their intervals: a chi-square test of homogeneity per
+    reference (p < 1e-4 over the UNet and text-encoder blocks), and by at least BLOCK_DIFF_MIN."""
+    gw = {w.reference: w for w in weights}
+    for ref, g in gw.items():
+        q, n, biggest = 0.0, 0, 0.0
+        g_sd = (g.ci95[1] - g.ci95[0]) / (2 * _Z95)
+        for b in blocks:
+            if b.block == "VAE":
+                continue
+            for r, w, ci in b.weights:
+                if r != ref or w is None or ci is None:
+                    continue
+                sd = max(float(np.hypot((ci[1] - ci[0]) / (2 * _Z95), g_sd)), 1e-4)
+                q += ((w - g.weight) / sd) ** 2
+                n += 1
+                biggest = max(biggest, abs(w - g.weight))
+        if n >= 2 and biggest > BLOCK_DIFF_MIN and q > float(chi2.ppf(1 - 1e-4, n)):
+            return True
+    return False
+
+
+def _block_unexplained(prob: _Problem, blocks: Sequence[BlockFit], block_of: np.ndarray) -> float:
+    """What the per-block fits leave unexplained, over the whole model (a block-weighted merge is
+    explained block by block, not by one set of global weights)."""
+    energy = np.array([float(np.dot(y, y)) for y in prob.ys])
+    num = den = 0.0
+    for bf in blocks:
+        e = float(energy[block_of == bf.block].sum())
+        num += ((bf.unexplained or 0.0) ** 2) * e
+        den += e
+    return float(np.sqrt(num / den)) if den > 0 else 0.0
+
+
+FINETUNE_WEIGHT = 0.05
+"""A fine-tune's parent has weight 1 within this, every other reference (the base too) 0 within 0.02."""
+FINETUNE_UNEXPLAINED = 0.1
+"""Unexplained share from which one parent at weight 1 reads as a fine-tune, not a copy or a merge."""
+
+
+def _finetune_parent(weights: Sequence[Weight], base: str | None, unexplained: float) -> str | None:
+    """The parent when the fit is one library model at weight 1 plus a change the library does not hold."""
+    if base is None or unexplained < FINETUNE_UNEXPLAINED:
+        return None
+    ones = [w for w in weights if w.reference != base and abs(w.weight - 1.0) < FINETUNE_WEIGHT]
+    rest = [w for w in weights if w not in ones]
+    if len(ones) == 1 and all(abs(w.weight) < 0.02 for w in rest):
+        return ones[0].reference
+    return None
+
+
+def estimate_recipe(
+    layers: Sequence[LayerData],
+    names: Sequence[str],
+    base: int | None,
+    lora_deltas: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    block_convention: str = BLOCK_CONVENTION,
+) -> RecipeEstimate:
+    """Estimate the merge recipe of one target from its per-layer fingerprints.
+
+    ``names`` are the references in row order of ``LayerData.refs``; ``base`` indexes the
+    family's official base (None: the nearest reference is the pivot). ``lora_deltas`` maps a
+    library LoRA's name to ``{layer key: sketch of up @ down * alpha / rank}``; such LoRAs become
+    extra columns whose coefficient is the strength they were baked in at.
+
+    >>> from sdforensics.synth.estimate_layers import demo_layers
+    >>> layers, names = demo_layers({"A": 0.65, "B": 0.35})
+    >>> est = estimate_recipe(layers, names, base=0)
+    >>> est.kind, round(est.weight_of("A"), 2), round(est.weight_of("B"), 2)
+    ('weighted_sum', 0.65, 0.35)
+    """
+    n_refs = len(names)
+    lora_deltas = lora_deltas or {}
+    if not layers or n_refs == 0:
+        raise ValueError("estimate_recipe needs at least one layer and one reference")
+    everything = np.ones(len(layers), dtype=bool)
+    copies, rel = _nearest_copy(layers, everything, n_refs)
+    pivot = base if base is not None else int(np.argmin(rel))
+    notes: list[str] = [f"blocks: {block_convention}"]
+    if base is None:
+        notes.append(f"no official base in the library: deltas are taken from the nearest reference, {names[pivot]}")
+    prob = _Problem(layers, pivot, n_refs, lora_deltas)
+    all_cols = list(range(prob.n_model + len(prob.lora_names)))
+    block_ids = _ordered_blocks(layers)
+    block_of = np.array([layer.block for layer in layers])
+
+    def fits_for(cols: Sequence[int]) -> tuple[Fit, list[BlockFit], dict[str, Fit]]:
+        f = fit_columns(prob.grams, cols)
+        bfs, raw = [], {}
+        for blk in block_ids:
+            bf, rf = _block_fit(prob, block_of == blk, cols, blk, names, pivot)
+            bfs.append(bf)
+            raw[blk] = rf
+        return f, bfs, raw
+
+    chosen = forward_select(prob.grams, all_cols)
+    fit, blocks, raw_blocks = fits_for(chosen)
+
+    # element-wise merges: only visible in the exact coordinate samples, around the real base
+    elementwise: ElementwiseFinding | None = None
+    if base is not None and any(layer.sample_target.size for layer in layers):
+        preds = []
+        for layer in layers:
+            rf = raw_blocks[layer.block]
+            use = rf if rf.columns else fit
+            mcols = [(k, c) for k, c in enumerate(use.columns) if c < prob.n_model]
+            pred = np.zeros(layer.sample_target.shape[0])
+            for k, c in mcols:
+                pred += use.coef[k] * (layer.sample_refs[prob.model_cols[c]] - layer.sample_refs[pivot])
+            preds.append(pred)
+        elementwise = detect_elementwise(
+            [la.sample_target for la in layers], [la.sample_refs for la in layers], pivot, preds, names
+        )
+        if elementwise.kind in ("ties", "dare", "dare_ties"):
+            idx = {names[c]: k for k, c in enumerate(prob.model_cols)}
+            chosen = tuple(idx[n] for n in elementwise.ingredients if n in idx)
+            fit, blocks, raw_blocks = fits_for(chosen)
+
+    aff = _affine_weights(fit, prob.n_model, prob.model_cols, pivot)
+    weights = [Weight(names[i], w, _ci(w, v)) for i, (w, v) in aff.items()]
+    weights.sort(key=lambda w: -w.weight)
+    if abs(aff[pivot][0]) < 0.005 and aff[pivot][1] < 1e-4 and len(weights) > 1:
+        weights = [w for w in weights if w.reference != names[pivot]]
+
+    # LoRAs: known ones are columns; unknown ones show as a low-rank residual
+    loras: list[LoraFinding] = []
+    for k, c in enumerate(fit.columns):
+        if c >= prob.n_model:
+            lname = prob.lora_names[c - prob.n_model]
+            sketches = lora_deltas[lname]
+            ranks = [
+                numerical_rank(_tail2d(np.asarray(sketches[la.key]), la.sketch2d))
+                for la in layers
+                if la.sketch2d is not None and la.key in sketches
+            ]
+            known = [r for r in ranks if r is not None]
+            rank = max(set(known), key=known.count) if known else None
+            s = float(fit.coef[k])
+            loras.append(LoraFinding(lname, s, _ci(s, float(fit.cov[k, k])), rank, tuple(sketches)))
+    residuals = {
+        la.key: _tail2d(prob.residual(li, fit), la.sketch2d) for li, la in enumerate(layers) if la.sketch2d is not None
+    }
+    scales = {la.key: float(np.linalg.norm(prob.ys[li])) for li, la in enumerate(layers)}
+    low = detect_lowrank(residuals, scales, min_share=0.05) if fit.unexplained > 0.05 else None
+    # A LoRA touches many layers: one or two low-rank leftovers are more likely a fine-tune's own
+    # low-rank part (measured: a false rank-8 "LoRA" on 1 layer in 3 full-size non-LoRA merges).
+    if low is not None and len(low.layers) >= 3 and (elementwise is None or elementwise.kind == "linear"):
+        loras.append(LoraFinding(None, None, None, low.rank, low.layers))
+
+    # components: each refitted on its own, and checked for being a plain copy
+    components: list[BlockFit] = []
+    comp_copies: dict[str, list[int]] = {}
+    comp_of = np.array([layer.component for layer in layers])
+    for comp in dict.fromkeys(comp_of.tolist()):
+        mask = comp_of == comp
+        ccopies, crel = _nearest_copy(layers, mask, n_refs)
+        comp_copies[comp] = ccopies
+        ccols = forward_select(prob.grams.subset(mask), all_cols)
+        bf, _ = _block_fit(prob, mask, ccols, comp, names, pivot)
+        copy_name = names[int(np.argmin(crel))] if len(ccopies) == 1 else None
+        components.append(BlockFit(comp, bf.weights, bf.unexplained, copy_name))
+
+    ambiguous = _ambiguous(prob, fit, names) if base is not None else ()
+    model_weights = [w for w in weights if abs(w.weight) > 0.02]
+    copy_of: str | None = None
+    supermerger = None
+    best = int(np.argmin(rel))
+    exact = bool(rel[best] < 1e-9)
+    near = bool(
+        best in copies
+        and abs(aff.get(best, (0.0, 0.0))[0] - 1.0) < 0.015
+        and all(abs(w.weight) < 0.02 or w.reference == names[best] for w in weights)
+    )
+    lora_only = bool(loras) and (
+        len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < 0.02 or not model_weights
+    )
+    if lora_only and not exact:  # a LoRA baked into one model: near-copy of it plus the LoRA
+        kind = "lora"
+        if near:
+            copy_of = names[best]
+    elif exact or near:
+        kind, copy_of = "copy", names[best]
+        weights = [w for w in weights if w.reference == copy_of] or [Weight(copy_of, 1.0, (1.0, 1.0))]
+        if exact:
+            weights = [Weight(copy_of, 1.0, (1.0, 1.0))]
+    elif (
+        len(comp_copies) >= 2
+        and all(comp_copies.values())
+        and not set.intersection(*(set(v) for v in comp_copies.values()))
+    ):
+        kind = "component_swap"
+    elif elementwise is not None and elementwise.kind in ("ties", "dare", "dare_ties"):
+        kind = "ties" if elementwise.kind == "ties" else "dare"
+    elif lora_only:
+        kind = "lora"
+    elif not any(c < prob.n_model for c in fit.columns) and fit.unexplained > 0.3:
+        kind = "unknown"
+    elif low is None and _is_block_weighted(blocks, weights):  # a LoRA skews the blocks it touches
+        kind = "block_weighted"
+        supermerger = _supermerger(blocks, weights, block_ids)
+    elif any(w.weight < -0.03 and w.ci95[1] < 0 for w in weights):
+        kind = "add_difference"
+    elif (parent := _finetune_parent(weights, names[base] if base is not None else None, fit.unexplained)):
+        kind = "finetune"
+        weights = [w for w in weights if w.reference == parent]
+    else:
+        kind = "weighted_sum"
+    return RecipeEstimate(
+        block_convention=block_convention,
+        kind=kind,
+        pivot=names[pivot],
+        base=names[base] if base is not None else None,
+        weights=tuple(weights),
+        unexplained=_block_unexplained(prob, blocks, block_of) if kind == "block_weighted" else fit.unexplained,
+        blocks=tuple(blocks),
+        components=tuple(components),
+        ambiguous=ambiguous,
+        loras=tuple(loras),
+        elementwise=elementwise,
+        supermerger=supermerger,
+        copy_of=copy_of,
+        notes=tuple(notes),
+    )
