@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 
 from sdforensics.api import fingerprint_model
-from sdforensics.fingerprint.fpfile import save_fingerprint
-from sdforensics.fingerprint.similarity import similarity
+from sdforensics.fingerprinting.fpfile import save_fingerprint
+from sdforensics.fingerprinting.similarity import similarity
 from sdforensics.model.architecture import architecture, block_maps
 
 

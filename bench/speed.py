@@ -97,7 +97,7 @@ def ensure_models(out: Path, family: str) -> dict[str, Path]:
 
 def make_libraries(out: Path, base: Path, n_extra: int) -> tuple[Path, Path]:
     from sdforensics.api import fingerprint_model
-    from sdforensics.fingerprint.fingerprint import Fingerprint
+    from sdforensics.fingerprinting.fingerprint import Fingerprint
     from sdforensics.library.store import Library
 
     one, many = out / "lib1", out / "lib50"

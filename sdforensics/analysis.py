@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdforensics.core.safetext import printable
-from sdforensics.fingerprint.similarity import Similarity
+from sdforensics.fingerprinting.similarity import Similarity
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.model.architecture import architecture
 from sdforensics.model.detect import ArchitectureReport

@@ -1,7 +1,7 @@
 """The library API the CLI and notebooks call: analyze, fingerprint, compare.
 
 Each function reads its input once (:mod:`sdforensics.model.stream`), then hands arrays to the math
-modules (:mod:`sdforensics.fingerprint.similarity`, :mod:`sdforensics.recipe.estimate`) and returns values.
+modules (:mod:`sdforensics.fingerprinting.similarity`, :mod:`sdforensics.recipe.estimate`) and returns values.
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ import numpy as np
 from sdforensics.analysis import Analysis, LibrarySearch, collect
 from sdforensics.core.errors import SdfError
 from sdforensics.core.runtime import blas_threads, torch_threads
-from sdforensics.fingerprint.fingerprint import Fingerprint, Fingerprinter, Scheme, coordinate_samples, resolve_device
-from sdforensics.fingerprint.similarity import Similarity, identical_components, select_references
+from sdforensics.fingerprinting.fingerprint import (
+    Fingerprint,
+    Fingerprinter,
+    Scheme,
+    coordinate_samples,
+    resolve_device,
+)
+from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library

@@ -355,7 +355,7 @@ def refs_import(
     library: LibraryOpt = None,
 ) -> None:
     """Add a fingerprint file someone shared (no weights needed)."""
-    from sdforensics.fingerprint.fpfile import load_fingerprint
+    from sdforensics.fingerprinting.fpfile import load_fingerprint
     from sdforensics.library.store import Library
 
     def go() -> str:

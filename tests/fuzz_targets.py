@@ -893,8 +893,8 @@ def exercise(path: Path) -> str:
         fmt = ck.format()
         str(fmt)
         if fmt.metadata:  # metadata decoding (recipes, kohya training fields) must not raise either
-            from sdforensics.lora import training_summary
-            from sdforensics.metadata import decode
+            from sdforensics.lora.files import training_summary
+            from sdforensics.model.metadata import decode
 
             decode(fmt.metadata)
             training_summary(fmt.metadata)

@@ -13,7 +13,7 @@ from conftest import sdf
 from sdforensics.api import fingerprint_model
 from sdforensics.core.errors import FingerprintError
 from sdforensics.file_compare import compare_files
-from sdforensics.fingerprint.fpfile import load_fingerprint, save_fingerprint
+from sdforensics.fingerprinting.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.model.architecture import block_maps
 from sdforensics.synth.specs import Merge, write_safetensors
 
@@ -182,8 +182,8 @@ def test_compare_two_files_exactly(family: dict[str, Path]) -> None:
 def test_cpu_row_pass_agrees_with_the_general_path(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache-blocked CPU pass gives the fingerprint the whole-tensor path gives (float tolerance),
     and a tensor with NaN/Inf still goes the general way, which counts and zeroes them."""
-    import sdforensics.fingerprint.fingerprint as fpmod
-    from sdforensics.fingerprint.fingerprint import Fingerprinter
+    import sdforensics.fingerprinting.fingerprint as fpmod
+    from sdforensics.fingerprinting.fingerprint import Fingerprinter
     from sdforensics.readers.base import TensorInfo
 
     gen = torch.Generator().manual_seed(3)
@@ -220,8 +220,8 @@ def test_cpu_row_pass_agrees_with_the_general_path(dtype: torch.dtype, monkeypat
 def test_sample_and_sketch_together_estimate_dots_better_than_the_sketch_alone() -> None:
     """The coordinate sample is a second unbiased estimate of each dot product; weighed with the
     CountSketch it lowers the error of delta cosines (here: 40 pairs of unrelated 1-M-value deltas)."""
-    from sdforensics.fingerprint.fingerprint import Fingerprinter, Scheme
-    from sdforensics.fingerprint.similarity import _estimators
+    from sdforensics.fingerprinting.fingerprint import Fingerprinter, Scheme
+    from sdforensics.fingerprinting.similarity import _estimators
     from sdforensics.readers.base import TensorInfo
 
     key = "model.diffusion_model.middle_block.1.proj_in.weight"
@@ -256,7 +256,7 @@ def test_sample_and_sketch_together_estimate_dots_better_than_the_sketch_alone()
 
 def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: dict[str, Path]) -> None:
     """The fit's candidates are a subset of the library: their similarity is taken from the first pass."""
-    from sdforensics.fingerprint.similarity import select_references, similarity
+    from sdforensics.fingerprinting.similarity import select_references, similarity
     from sdforensics.model.architecture import architecture
 
     names = ["base", "ft1", "ft2", "ft3", "ft6"]
@@ -277,7 +277,7 @@ def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: 
 def test_coordinate_sample_is_the_same_whether_a_tensor_is_sketched_or_kept_exact() -> None:
     """At small widths a block's budget can keep a big tensor exact; the element-wise checks then
     read its sample off the exact values, at the positions a sketch would have stored."""
-    from sdforensics.fingerprint.fingerprint import Fingerprinter, Scheme, coordinate_samples
+    from sdforensics.fingerprinting.fingerprint import Fingerprinter, Scheme, coordinate_samples
     from sdforensics.readers.base import TensorInfo
 
     key = "model.diffusion_model.middle_block.1.proj_in.weight"

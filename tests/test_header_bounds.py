@@ -29,6 +29,7 @@ def test_a_header_of_too_many_values_is_refused_before_parsing(tmp_path: Path, i
     path = _file(tmp_path / "bomb.safetensors", b"[" + b",".join([item] * (MAX_HEADER_ELEMENTS + 10)) + b"]")
     with pytest.raises(CorruptFileError, match="JSON values"):
         open_safetensors(path)
+    (tmp_path / "lib").mkdir()
     for args in (["--identity"], ["-f", "html", "-o", str(tmp_path / "r.html")], []):
         res = sdf("analyze", path, *args, "--library", tmp_path / "lib", "-q")
         assert res.exit_code == 2 and "JSON values" in res.stderr

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sdforensics.api import fingerprint_model
-from sdforensics.fingerprint.fingerprint import Fingerprint
-from sdforensics.fingerprint.fpfile import load_fingerprint
-from sdforensics.fingerprint.similarity import similarity
+from sdforensics.fingerprinting.fingerprint import Fingerprint
+from sdforensics.fingerprinting.fpfile import load_fingerprint
+from sdforensics.fingerprinting.similarity import similarity
 from sdforensics.library import search as library_compare
 from sdforensics.library.store import Library, reference_entries
 from sdforensics.model.architecture import architecture, block_maps

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from sdforensics.core.errors import UnsupportedFormatError
-from sdforensics.fingerprint.fingerprint import Fingerprinter, Scheme
+from sdforensics.fingerprinting.fingerprint import Fingerprinter, Scheme
 from sdforensics.lora.files import LoraFile, describe_lora, is_lora, read_lora, training_summary
 from sdforensics.lora.fingerprint import block_of_family, lora_fingerprint
 from sdforensics.lora.keys import module_index

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdforensics.api import analyze
+from sdforensics import analyze
 from sdforensics.synth.specs import Merge, family_specs, write_safetensors
 from sdforensics.model.architecture import block_maps
 

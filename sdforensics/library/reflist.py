@@ -43,7 +43,7 @@ def list_references(library: Path | None, include_registry: bool = True) -> list
 def render_reference_list(rows: list[dict[str, Any]], registry: bool) -> str:
     """``sdf refs list``: a header, your fingerprinted references, then the registry (``registry``)
     or one line counting it."""
-    from sdforensics.safetext import printable
+    from sdforensics.core.safetext import printable
 
     fps = [r for r in rows if r["fingerprint"]]
     known = [r for r in rows if not r["fingerprint"]]

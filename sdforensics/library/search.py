@@ -1,7 +1,7 @@
 """A model's fingerprint against a reference library, a few references at a time.
 
 Every cosine of a reference depends only on the target, the family's base and that reference
-(:class:`sdforensics.fingerprint.similarity.LayerTerms`), so the library is read in batches of :data:`BATCH`:
+(:class:`sdforensics.fingerprinting.similarity.LayerTerms`), so the library is read in batches of :data:`BATCH`:
 each batch is loaded, compared and let go, keeping only the base and the references that point
 the target's way (the recipe fit's candidates). Memory is that of a batch whatever the library's
 size, and no memory is taken afresh per reference (on a 2-core VM, page faults on 50 references
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdforensics.fingerprint.fingerprint import Fingerprint
-from sdforensics.fingerprint.similarity import (
+from sdforensics.fingerprinting.fingerprint import Fingerprint
+from sdforensics.fingerprinting.similarity import (
     LayerTerms,
     Similarity,
     common_layers,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sdforensics.core.errors import LibraryError
-from sdforensics.fingerprint.fingerprint import Fingerprint, Scheme, scheme_from_json
-from sdforensics.fingerprint.fpfile import load_fingerprint, save_fingerprint
+from sdforensics.fingerprinting.fingerprint import Fingerprint, Scheme, scheme_from_json
+from sdforensics.fingerprinting.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.library.manifest import verify_manifest, write_manifest
 from sdforensics.library.shipped import shipped_registry_dir
 

@@ -1,7 +1,7 @@
 """Fingerprints of a LoRA's change, for library references (baking: :mod:`sdforensics.synth.lora_bake`).
 
 * :func:`lora_fingerprint` -- the LoRA's change (strength 1) fingerprinted with the
-  :class:`~sdforensics.fingerprint.fingerprint.Fingerprinter` models are fingerprinted with. Fingerprints are
+  :class:`~sdforensics.fingerprinting.fingerprint.Fingerprinter` models are fingerprinted with. Fingerprints are
   linear, so ``fingerprint(baked) - fingerprint(base) == strength * lora_fingerprint`` (values,
   coordinate samples and structure sketches; up to float rounding), which is what lets the
   estimator fit a LoRA's strength as one more column.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from sdforensics.fingerprint.fingerprint import Fingerprint, Fingerprinter, Scheme
+from sdforensics.fingerprinting.fingerprint import Fingerprint, Fingerprinter, Scheme
 from sdforensics.lora.files import LoraFile
 from sdforensics.model.architecture import architecture, block_maps
 from sdforensics.readers.base import TensorInfo

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from sdforensics.core.dtypes import DTYPES
 from sdforensics.core.errors import CorruptFileError
 from sdforensics.readers.base import FormatInfo, TensorInfo
-from sdforensics.shape_bounds import shape_overflows
+from sdforensics.readers.shape_bounds import shape_overflows
 
 if TYPE_CHECKING:
     import torch

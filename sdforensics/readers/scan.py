@@ -286,7 +286,7 @@ def crc_ok(data: bytes, m: ZipMember) -> bool:
 
 def main_pickle(layout: ZipLayout) -> ZipMember | None:
     """The ``<folder>/data.pkl`` member ``torch.load`` unpickles, found as torch finds it
-    (:mod:`sdforensics.zip_members`); None when torch would refuse the zip or could read
+    (:mod:`sdforensics.readers.zip_members`); None when torch would refuse the zip or could read
     either of two entries."""
     return resolve_main_pickle(layout.members).member
 
@@ -550,7 +550,7 @@ def _is_tar(f: BinaryIO) -> bool:
 
 
 def _scan_safetensors(f: BinaryIO, path: Path, size: int) -> FileScan:
-    from .readers.safetensors_reader import read_header
+    from .safetensors_reader import read_header
 
     f.seek(0)
     try:
@@ -647,7 +647,7 @@ def scan_path(path: Path | str, max_seconds: float = MAX_SECONDS) -> ScanReport:
         raise SdfError(f"{root}: no such file or folder")
     if not root.is_dir():
         return ScanReport(root, (scan_file(root, max_seconds),))
-    from .readers.diffusers_reader import confinement_root
+    from .diffusers_reader import confinement_root
 
     allowed = confinement_root(root.resolve())
     files = []

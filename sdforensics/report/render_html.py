@@ -116,8 +116,8 @@ def _summary_items(a: Analysis, doc: dict[str, Any]) -> list[str]:
     items.append(f"<b>What it is:</b> {_e(arch.label)}{_e(variant)} checkpoint ({_e(comps)}){size}, "
                  f"{_e(a.layout.format.container)}.")
     if isinstance(doc.get("lora"), dict) or isinstance(doc.get("embedding"), dict):
-        from sdforensics.embedding import embedding_lines  # a LoRA or an embedding: the text report's lines
-        from sdforensics.render_text import lora_lines
+        from sdforensics.model.embedding import embedding_lines  # a LoRA or an embedding: the text report's lines
+        from sdforensics.report.render_text import lora_lines
 
         lines = lora_lines(doc["lora"]) if isinstance(doc.get("lora"), dict) else embedding_lines(doc["embedding"])
         items.clear()  # "what it is: ... checkpoint" does not apply

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sdforensics.fingerprint.similarity import Similarity
+from sdforensics.fingerprinting.similarity import Similarity
 from sdforensics.library.registry import RegistryMatch, lineage_hint
 from sdforensics.recipe.text import recipe_to_json
 

@@ -19,7 +19,7 @@ would not do for similarity: for low-rank content its k1*k2 entries are products
 k1 + k2 independent factors, so dot-product estimates are ~5x noisier (measured: 0.044 vs
 <0.01 per-block cosine error).
 Computation runs on any torch device; projections are built on the CPU from SHAKE-256 signs
-(:mod:`sdforensics.fingerprint.sketch`), so CPU and GPU fingerprints agree to float tolerance.
+(:mod:`sdforensics.fingerprinting.sketch`), so CPU and GPU fingerprints agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sdforensics.fingerprint.sketch import count_sketch_plan, matrix_view, sample_positions, signs
+from sdforensics.fingerprinting.sketch import count_sketch_plan, matrix_view, sample_positions, signs
 from sdforensics.model.identity import TensorIssue
 from sdforensics.readers.base import TensorInfo
 

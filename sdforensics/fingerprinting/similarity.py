@@ -3,7 +3,7 @@
 Raw cosine of SD weights is ~0.99 for any two models of a family and says little, so the
 main measure is the cosine of *deltas from the family's official base*: how much the change
 the target made points the same way as the change a reference made. Inputs are fingerprints
-(:mod:`sdforensics.fingerprint.fingerprint`): sketch dot products estimate the true ones, and exact small
+(:mod:`sdforensics.fingerprinting.fingerprint`): sketch dot products estimate the true ones, and exact small
 tensors enter as they are.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sdforensics.fingerprint.fingerprint import Fingerprint, TensorPrint
+from sdforensics.fingerprinting.fingerprint import Fingerprint, TensorPrint
 from sdforensics.model.architecture import Architecture, BlockMap
 from sdforensics.model.hashing import combine_digests
 

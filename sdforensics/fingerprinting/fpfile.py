@@ -28,7 +28,7 @@ import numpy as np
 import safetensors.numpy
 
 from sdforensics.core.errors import FingerprintError, SdfError
-from sdforensics.fingerprint.fingerprint import (
+from sdforensics.fingerprinting.fingerprint import (
     FORMAT,
     READ_VERSIONS,
     VERSION,
