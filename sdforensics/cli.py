@@ -294,7 +294,8 @@ def scan(
     format: ListFormatOpt = ListFormat.text,
     quiet: QuietOpt = False,
 ) -> None:
-    """List every global a pickle names with a verdict. Exit 0 clean, 1 dangerous, 2 error."""
+    """List every global a pickle names with a verdict. Exit 0: every pickle walked to its end and every global
+    allowed; 1: dangerous, or not shown safe; 2: not a model or unreadable."""
     from sdforensics.readers.scan import exit_code, render_scan_text, scan_path, scan_to_json
 
     report = run(lambda: scan_path(path))
