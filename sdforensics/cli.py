@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -21,6 +21,10 @@ from sdforensics.core import json_out
 from sdforensics.core.errors import SdfError
 from sdforensics.core.progress import ProgressBar
 from sdforensics.core.safetext import printable
+
+if TYPE_CHECKING:  # the library loads on first use, so `sdf -h` stays fast
+    from sdforensics.fingerprinting.fingerprint import Fingerprint
+    from sdforensics.library.store import Library, RefEntry
 
 # click's UsageError and ClickException, found through typer's public BadParameter: typer >= 0.2x
 # vendors its own copy of click, older typer uses the click package.
@@ -153,6 +157,16 @@ def _existing_library(library: Path | None) -> None:
         what = "is not a folder" if library.exists() else "does not exist"
         raise _fail(f"{library}: library folder {what} (create one with 'sdf refs add MODEL --name NAME "
                     f"--library {library}')")
+
+
+def _add_reference(lib: Library, fp: Fingerprint, name: str, official: bool) -> RefEntry:
+    """Add ``fp`` to ``lib`` as ``name`` (``refs add`` and ``refs import``), first warning on stderr when
+    that replaces a reference or stores a file the library already holds under another name."""
+    from sdforensics.library.refcheck import add_warnings
+
+    for warning in add_warnings(lib, name, fp.identity):
+        typer.echo(f"warning: {printable(warning, 500)}", err=True)
+    return lib.add(fp, name, official=official)
 
 
 def _writable_out(out: Path | None) -> None:
@@ -331,14 +345,10 @@ def refs_add(
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
-        from sdforensics.library.refcheck import add_warnings
-
         label, fp = fingerprint_any(model, device.value, bar)
         bar.close()
         lib = Library(_target_library(library))
-        for warning in add_warnings(lib, name, fp.identity):
-            typer.echo(f"warning: {printable(warning, 500)}", err=True)
-        entry = lib.add(fp, name, official=official)
+        entry = _add_reference(lib, fp, name, official)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
         return f"added {kind} {name!r} ({label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"
@@ -364,12 +374,8 @@ def refs_import(
         ref_name = name or fp.name
         if not ref_name:
             raise SdfError(f"{fingerprint}: the fingerprint has no name; pass --name")
-        from sdforensics.library.refcheck import add_warnings
-
         lib = Library(_target_library(library))
-        for warning in add_warnings(lib, ref_name, fp.identity):
-            typer.echo(f"warning: {printable(warning, 500)}", err=True)
-        lib.add(fp, ref_name, official=official)
+        _add_reference(lib, fp, ref_name, official)
         return f"imported {ref_name!r} into {lib.folder}"
 
     _emit(run(go), None)
