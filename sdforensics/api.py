@@ -36,6 +36,7 @@ from sdforensics.library.store import (
     search_path,
 )
 from sdforensics.model.architecture import architecture, block_map_of
+from sdforensics.model.embedding import Embedding
 from sdforensics.model.stream import Progress
 from sdforensics.readers.base import Checkpoint
 from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
@@ -125,28 +126,33 @@ def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None 
 
 def is_lora_file(path: Path) -> bool:
     """True when ``path`` holds a LoRA (decided from its tensor names and shapes, headers only)."""
-    ckpt = _open_model(path)
+    ckpt, _ = _open_model(path)
     if ckpt is None:
         return True
     ckpt.close()
     return False
 
 
-def _open_model(path: Path) -> Checkpoint | None:
-    """The opened checkpoint (headers validated) when ``path`` is a model; None for a LoRA."""
+def _open_model(path: Path) -> tuple[Checkpoint | None, Embedding | None]:
+    """``(the opened checkpoint, headers validated, or None for a LoRA; the embedding it is, if one)``.
+
+    One look at the tensor names and shapes tells a LoRA (closed here), a textual-inversion
+    embedding and a model apart."""
     from sdforensics.lora.files import is_lora
+    from sdforensics.model.embedding import detect_embedding
     from sdforensics.readers import open_checkpoint
 
     ckpt = open_checkpoint(Path(path))
     try:
         lora = is_lora(ckpt.infos())
+        emb = None if lora else detect_embedding(ckpt.infos(), Path(path))
     except BaseException:
         ckpt.close()
         raise
     if lora:
         ckpt.close()
-        return None
-    return ckpt
+        return None, None
+    return ckpt, emb
 
 
 _NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "junk_keys", "fp32_weights"}
@@ -162,17 +168,8 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
     return replace(analysis, problems=problems, lora=info)
 
 
-def _embedding_analysis(ckpt: Checkpoint, path: Path, progress: Progress | None) -> Analysis | None:
-    """A textual-inversion embedding described (``ckpt`` closed), or None when ``ckpt`` is not one."""
-    from sdforensics.model.embedding import detect_embedding
-
-    try:
-        emb = detect_embedding(ckpt.infos(), Path(path))
-    except BaseException:
-        ckpt.close()
-        raise
-    if emb is None:
-        return None
+def _embedding_analysis(ckpt: Checkpoint, path: Path, emb: Embedding, progress: Progress | None) -> Analysis:
+    """A textual-inversion embedding: hashes and metadata as for any file, plus the embedding."""
     analysis = collect(Path(path), progress=progress, opened=ckpt)
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
     return replace(analysis, problems=problems, embedding=emb)
@@ -181,11 +178,11 @@ def _embedding_analysis(ckpt: Checkpoint, path: Path, progress: Progress | None)
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
-    ckpt = _open_model(path)
+    ckpt, emb = _open_model(path)
     if ckpt is None:
         return describe_lora_file(path, progress)
-    if (emb := _embedding_analysis(ckpt, path, progress)) is not None:
-        return emb
+    if emb is not None:
+        return _embedding_analysis(ckpt, path, emb, progress)
     analysis = collect(Path(path), progress=progress, opened=ckpt)
     return replace(analysis, registry=_registry_matches(analysis, registry_dirs))
 
@@ -200,11 +197,11 @@ def analyze(
 ) -> Analysis:
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe.
     ``progress``: bytes of the model read; ``library_progress``: bytes of fingerprints compared."""
-    ckpt = _open_model(path)
+    ckpt, emb = _open_model(path)
     if ckpt is None:
         return describe_lora_file(path, progress)
-    if (emb := _embedding_analysis(ckpt, path, progress)) is not None:
-        return emb
+    if emb is not None:
+        return _embedding_analysis(ckpt, path, emb, progress)
     try:
         scheme = library_scheme(search_path(library))
     except BaseException:
