@@ -60,6 +60,7 @@ def test_real_diffusers_embedding(tmp_path: Path) -> None:
     text = sdf("analyze", REAL, "-q", "--library", empty_library(tmp_path)).stdout
     assert "textual-inversion embedding for sd1 (diffusers); 1 vector of width clip_l 768" in text
     assert "<birb-style>" in text and "fp16" not in text and "FLUX" not in text
+    assert "tensors  1 (768 values; F32 100%)" in text  # a small count is exact, not "0.0 M"
 
 
 def test_missing_position_ids_is_not_a_problem(tmp_path: Path) -> None:

@@ -19,7 +19,11 @@ _MARK = {"error": "!!", "warning": "! ", "info": "- "}
 
 
 def _params(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+    """A value count a reader takes in at a glance: ``2.57 B``, ``859.5 M``, or exact below 100,000
+    (an embedding's 768 values read as ``0.0 M`` before)."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    return f"{n / 1e6:.1f} M" if n >= 100_000 else f"{n:,}"
 
 
 def identity_lines(a: Analysis) -> list[str]:
