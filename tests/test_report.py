@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from sdforensics import LibrarySearch, analyze
 from sdforensics.api import fingerprint_model
 from sdforensics.library.store import Library
-from sdforensics.report.render_html import SECTIONS, analysis_to_html
+from sdforensics.report.render_html import HTML_TENSOR_ROWS, SECTIONS, analysis_to_html
+from sdforensics.report.render_json import analysis_to_json
 from sdforensics.synth.specs import family_specs, write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,20 @@ def test_report_shows_recipe_and_declared_metadata(analysis: Any, report: str) -
     assert weights[EVIL_REF] == pytest.approx(0.4, abs=0.02)
     assert "declared (metadata)" in report and "A1111 checkpoint merger" in report
     assert "found: ft1 weight 0.6" in report  # declared ft1.safetensors matched to the estimate
+
+
+def test_tensor_section_is_compact_and_json_lists_every_tensor(analysis: Any, report: str) -> None:
+    n = analysis.identity.n_tensors
+    assert n > HTML_TENSOR_ROWS  # a real layout has more tensors than the HTML lists
+    section = report.split("id='tensors'", 1)[1].split("</details>", 1)[0]
+    assert section.count("<tr><td><span class='mono'>") == HTML_TENSOR_ROWS
+    assert f"{n:,} tensors (first {HTML_TENSOR_ROWS:,} shown" in section and "tensors.list" in section
+    assert ">unet<" in section and ">text_encoder<" in section  # per-component summary rows
+    listed = analysis_to_json(analysis)["tensors"]["list"]
+    assert len(listed) == n and EVIL_KEY in {t["name"] for t in listed}
+    assert sum(t["values"] for t in listed) == analysis.identity.n_params
+    unet = [t for t in listed if t["component"] == "unet"]
+    assert unet and all(t["block"] for t in unet if t["name"].endswith(".weight"))
 
 
 def test_jupyter_fragment(analysis: Any) -> None:

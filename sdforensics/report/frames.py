@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from sdforensics.model.architecture import block_map_of
+from sdforensics.report.tensor_table import tensor_rows
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
@@ -102,26 +103,10 @@ def block_similarity_frame(a: Analysis) -> pd.DataFrame:
 
 def layers_frame(a: Analysis) -> pd.DataFrame:
     """One row per tensor (file order, canonical names): shape, dtype, size, component, block."""
-    family = a.architecture.family
-    bmap = block_map_of(a.architecture.name or family)
-    arch = None
-    if a.architecture.name:
-        from sdforensics.model.architecture import architecture
-
-        try:
-            arch = architecture(a.architecture.name)
-        except KeyError:
-            arch = None
-    rows = []
-    for info in a.layout.infos:
-        rows.append({
-            "tensor": info.name,
-            "shape": "x".join(str(d) for d in info.shape) or "scalar",
-            "dtype": info.dtype,
-            "numel": info.numel,
-            "bytes": info.nbytes,
-            "component": arch.component_of(info.name) if arch else None,
-            "block": bmap.block_of(info.name) if family else None,
-        })
+    rows = [
+        {"tensor": r.name, "shape": r.shape_text, "dtype": r.dtype, "numel": r.numel, "bytes": r.nbytes,
+         "component": r.component, "block": r.block}
+        for r in tensor_rows(a)
+    ]
     frame = pd.DataFrame(rows, columns=["tensor", "shape", "dtype", "numel", "bytes", "component", "block"])
     return frame.set_index("tensor")

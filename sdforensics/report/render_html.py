@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdforensics.core.safetext import human_size, percent, printable
 from sdforensics.report.render_json import analysis_to_json
+from sdforensics.report.tensor_table import component_rows, tensor_rows
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 SECTIONS = ("summary", "identity", "problems", "matches", "recipe", "blocks", "similarity", "unexplained",
             "metadata", "tensors")
-MAX_TENSOR_ROWS = 3000
+HTML_TENSOR_ROWS = 200
+"""Tensors listed in the HTML report (folded); the JSON lists them all."""
 
 CSS = """
 .sdf{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;max-width:1180px;
@@ -353,8 +355,6 @@ def _metadata(a: Analysis, recipe: dict[str, Any] | None) -> str:
 
 
 def _tensors(a: Analysis) -> str:
-    from sdforensics.report.frames import layers_frame
-
     arch = a.architecture
     body = ""
     if arch.n_extra:
@@ -363,13 +363,17 @@ def _tensors(a: Analysis) -> str:
     if arch.n_missing:
         body += (f"<p>{arch.n_missing} expected key(s) missing, e.g. "
                  + ", ".join(f"<code>{_e(k, 200)}</code>" for k in arch.missing_keys[:10]) + "</p>")
-    frame = layers_frame(a)
-    rows = [[f"<span class='mono'>{_e(name, 300)}</span>", _e(r.shape), _e(r.dtype), f"{r.numel:,}",
-             _e(r.component or "-"), _e(r.block or "-")]
-            for name, r in zip(frame.index[:MAX_TENSOR_ROWS], frame.head(MAX_TENSOR_ROWS).itertuples(), strict=True)]
-    more = f" (first {MAX_TENSOR_ROWS:,} shown)" if len(frame) > MAX_TENSOR_ROWS else ""
-    body += (f"<details><summary>{len(frame):,} tensors{more}</summary>"
-             + _table(["tensor", "shape", "dtype", "values", "component", "block"], rows, num=(3,))
+    rows = tensor_rows(a)
+    comps = [[_e(c.component or "outside the layout"), f"{c.tensors:,}", f"{c.values:,}",
+              _e(", ".join(f"{d} {n:,}" for d, n in c.dtypes))] for c in component_rows(rows)]
+    body += _table(["component", "tensors", "values", "dtypes (tensors)"], comps, num=(1, 2))
+    shown = rows[:HTML_TENSOR_ROWS]
+    table = [[f"<span class='mono'>{_e(r.name, 300)}</span>", _e(r.shape_text), _e(r.dtype), f"{r.numel:,}",
+              _e(r.component or "-"), _e(r.block or "-")] for r in shown]
+    more = (f" (first {len(shown):,} shown; every tensor is listed under <code>tensors.list</code> in "
+            f"<code>--format json</code>)") if len(rows) > len(shown) else ""
+    body += (f"<details><summary>{len(rows):,} tensors{more}</summary>"
+             + _table(["tensor", "shape", "dtype", "values", "component", "block"], table, num=(3,))
              + "</details>")
     pickle = a.layout.format.globals if a.layout.format.container.startswith("pickle") else ()
     if pickle:

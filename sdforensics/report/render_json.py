@@ -14,6 +14,7 @@ import numpy as np
 from sdforensics.fingerprinting.similarity import Similarity
 from sdforensics.library.registry import RegistryMatch, lineage_hint
 from sdforensics.recipe.text import recipe_to_json
+from sdforensics.report.tensor_table import tensor_rows
 
 if TYPE_CHECKING:
     from sdforensics.analysis import Analysis
@@ -61,6 +62,11 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
             "count": a.identity.n_tensors,
             "params": a.identity.n_params,
             "dtypes": a.identity.dtypes,
+            "list": [
+                {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "values": r.numel,
+                 "component": r.component, "block": r.block}
+                for r in tensor_rows(a)
+            ],
         },
         "content_hashes": a.identity.component_hashes,
         "identical": {"unet": None, "text_encoder": None, "vae": None},
