@@ -14,6 +14,9 @@ The public API (everything else is internal and may move):
 * :func:`fingerprint` -- a model's (or a LoRA's) :class:`Fingerprint`;
 * :class:`Library` -- the reference library on disk (``add``, ``remove``, ``entries``);
 * :func:`compare` -- two files side by side (``sdf compare``);
+* :func:`open_checkpoint` -- any supported file or folder, headers validated, as a context manager
+  (``with open_checkpoint(p) as ckpt:``); :func:`read_layout` -- its canonical tensor names and
+  architecture from headers alone;
 * result types: :class:`Analysis`, :class:`LibrarySearch`, :class:`Similarity`, :class:`RecipeEstimate`,
   :class:`RegistryMatch`, :class:`Fingerprint`; errors derive from :class:`SdfError`.
 
@@ -37,6 +40,8 @@ _EXPORTS = {
     "RegistryMatch": "sdforensics.library.registry",
     "RecipeEstimate": "sdforensics.recipe.results",
     "SdfError": "sdforensics.core.errors",
+    "open_checkpoint": "sdforensics.readers",
+    "read_layout": "sdforensics.model.stream",
 }
 
 __all__ = ["__version__", "analyze", "identify", "fingerprint", "compare", *_EXPORTS]

@@ -19,7 +19,8 @@ import torch
 from conftest import sdf
 from hostile_pickles import GOOD_STORAGES, Entry, dumps, good_state_pickle, make_zip, system_call, torch_zip
 
-from sdforensics.readers.scan import ZipLayout, ZipMember, exit_code, read_zip_layout, scan_path
+from sdforensics.readers.scan import exit_code, scan_path
+from sdforensics.readers.zip_archive import ZipLayout, ZipMember, read_zip_layout
 from sdforensics.readers.zip_members import resolve_main_pickle
 
 
