@@ -19,7 +19,8 @@ The public API (everything else is internal and may move):
   architecture from headers alone;
 * :func:`read_lora` -- a LoRA file as a :class:`LoraFile` (layers mapped to model keys, ``deltas()``);
 * result types: :class:`Analysis`, :class:`LibrarySearch`, :class:`Similarity`, :class:`RecipeEstimate`,
-  :class:`RegistryMatch`, :class:`Fingerprint`, :class:`LoraDescription` (``Analysis.lora``); errors derive from :class:`SdfError`.
+  :class:`RegistryMatch`, :class:`Fingerprint`, :class:`LoraDescription` (``Analysis.lora``); errors
+  derive from :class:`SdfError`.
 
 Names load on first use, so ``import sdforensics`` stays cheap.
 """
