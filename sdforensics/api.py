@@ -335,20 +335,34 @@ def estimate(
     block_convention: str = BLOCK_CONVENTION,
 ) -> RecipeEstimate | None:
     """The recipe fit of ``fp`` over ``refs`` on the layers ``sim`` compared (None: no common layer)."""
-    from sdforensics.recipe.estimate import LayerData, estimate_recipe
+    from sdforensics.recipe.estimate import estimate_recipe
+
+    layers = fit_layers(fp, [r.fingerprint for r in refs], [(row.key, row.block, row.component) for row in sim.layers])
+    if not layers:
+        return None
+    return estimate_recipe(
+        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
+        block_convention=block_convention,
+    )
+
+
+def fit_layers(fp: Fingerprint, refs: list[Fingerprint], rows: list[tuple[str, str, str]]) -> list[Any]:
+    """What the recipe fit sees of each ``(key, block, component)`` row: ``fp``'s and every reference's
+    sketch (:func:`layer_vector`) and coordinate samples, as :class:`~sdforensics.recipe.estimate.LayerData`."""
+    from sdforensics.recipe.estimate import LayerData
 
     layers = []
-    for row in sim.layers:
-        t = fp.tensors[row.key]
-        rp = [r.fingerprint.tensors[row.key] for r in refs]
+    for key, block, component in rows:
+        t = fp.tensors[key]
+        rp = [r.tensors[key] for r in refs]
         samples = coordinate_samples([t, *rp], fp.scheme) or [np.zeros(0)] * (1 + len(rp))
         sample_t, sample_r = np.asarray(samples[0], np.float64), np.stack(samples[1:], dtype=np.float64)
         structured = t.structure is not None and all(p.structure is not None for p in rp)
         layers.append(
             LayerData(
-                key=row.key,
-                block=row.block,
-                component=row.component,
+                key=key,
+                block=block,
+                component=component,
                 target=layer_vector(t.values, t.structure if structured else None),
                 refs=np.stack([layer_vector(p.values, p.structure if structured else None) for p in rp]),
                 sample_target=sample_t,
@@ -357,12 +371,7 @@ def estimate(
                 numel=t.numel,
             )
         )
-    if not layers:
-        return None
-    return estimate_recipe(
-        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
-        block_convention=block_convention,
-    )
+    return layers
 
 
 def build_official(
