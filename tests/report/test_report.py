@@ -28,7 +28,7 @@ from sdforensics.library.store import Library
 from sdforensics.report.render_html import SECTIONS, analysis_to_html
 from sdforensics.synth.specs import family_specs, write_safetensors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVIL_REF = "<script>alert('ref')</script> $\\frac{$ evil"
 EVIL_KEY = "model.diffusion_model.<script>alert('key')</script>"
 RENAMED = "model.diffusion_model.out.0.bias"

@@ -18,7 +18,7 @@ from scan_corpus import CORPUS, write_corpus
 
 from sdforensics.readers.scan import exit_code, scan_path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where scan_corpus.py lives
 
 
 @pytest.fixture(scope="module")

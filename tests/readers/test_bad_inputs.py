@@ -4,7 +4,7 @@ Each file must give exit 0 with a finding (``problems`` in the JSON report) or e
 exactly one ``error:`` line on stderr: no traceback, no "bug in sdforensics", under 10 s, and no
 planted payload run (its marker file never appears). Memory bombs run in a subprocess capped
 at 2 GB of address space (``RLIMIT_AS``). Generators of tests/hostile_pickles.py (cases 16-30)
-and tests/test_safetensors_hostile.py (cases 1-15) are reused; the rest are built here.
+and tests/readers/test_safetensors_hostile.py (cases 1-15) are reused; the rest are built here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from hostile_pickles import GOOD_STORAGES, Entry, good_state_pickle, make_zip, s
 from test_safetensors_hostile import BAD as ST_BAD
 from test_safetensors_hostile import GOOD, f32, st
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "BAD_INPUTS.md"
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "BAD_INPUTS.md"
 if not SPEC.exists():
     SPEC = Path("/work/shared/BAD_INPUTS.md")
 MEMORY_CAP = 2 << 30

@@ -12,7 +12,7 @@ from sdforensics import api
 from sdforensics.library import store
 from sdforensics.readers import open_checkpoint
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "realdata"
 CAT = REAL / "catundchat-stable-diffusion-v1.5-lora" / "pytorch_lora_weights.safetensors"
 
 

@@ -24,7 +24,7 @@ from sdforensics.readers.base import TensorInfo
 from sdforensics.synth.lora_bake import Baked, bake
 from sdforensics.synth.specs import Base
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared")
 REAL = SHARED / "realdata"
