@@ -29,11 +29,10 @@ def analyze(path: Path) -> tuple[dict, float]:
 
 
 def canonical_keys(path: Path) -> list[str]:
-    from sdforensics.model.stream import open_and_layout
+    import sdforensics
 
-    ckpt, layout = open_and_layout(path)
-    ckpt.close()
-    return sorted(i.name for i in layout.infos)
+    with sdforensics.open_checkpoint(path) as ckpt:
+        return sorted(i.name for i in sdforensics.read_layout(ckpt).infos)
 
 
 def main() -> None:

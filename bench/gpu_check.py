@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdforensics.api import fingerprint_model
+import sdforensics
 from sdforensics.synth.specs import Base, FineTune, write_safetensors
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         runs = {}
         for device in ("cpu", "cuda"):
             t = time.perf_counter()
-            _, fp = fingerprint_model(path, device=device)
+            fp = sdforensics.fingerprint(path, device=device)
             runs[device] = (fp, time.perf_counter() - t)
     cpu, gpu = runs["cpu"][0], runs["cuda"][0]
     worst = {"values": 0.0, "structure": 0.0, "sample": 0.0, "stats": 0.0}

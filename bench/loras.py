@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--subset", action="store_true")
     ap.add_argument("--strengths", default=",".join(map(str, STRENGTHS)))
     args = ap.parse_args()
-    from sdforensics.lora.files import read_lora
+    from sdforensics import read_lora
     from sdforensics.synth.lora_bake import Baked
     from sdforensics.synth.specs import Base, write_safetensors
 

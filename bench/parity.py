@@ -117,7 +117,7 @@ class Dare:
 
 
 def _baked(s, models: Path, libs: Path) -> dict[str, tuple[Path, Path]]:  # noqa: ANN001
-    """A real LoRA baked at 0.8 into a full-width base (24 of its layers written, as tests/test_lora_cli.py)."""
+    """A real LoRA baked at 0.8 into a full-width base (24 of its layers written, as tests/lora/test_lora_cli.py)."""
     try:
         from sdforensics.lora.files import read_lora  # type: ignore[import-not-found]
     except ImportError:

@@ -198,8 +198,7 @@ def ensure_models(out: Path, width: int, seed: int) -> tuple[dict[str, Spec], di
 
 
 def build_library(out: Path, width: int, paths: dict[str, Path]) -> Path:
-    from sdforensics.api import fingerprint_model
-    from sdforensics.library.store import Library
+    from sdforensics import Library, fingerprint
 
     folder = out / f"library-w{width}"
     if folder.exists():
@@ -207,7 +206,7 @@ def build_library(out: Path, width: int, paths: dict[str, Path]) -> Path:
     lib = Library(folder)
     for name in LIBRARY:
         t = time.perf_counter()
-        _, fp = fingerprint_model(paths[name], device="cpu")
+        fp = fingerprint(paths[name], device="cpu")
         lib.add(fp, name, official=(name == "base"))
         log(f"  fingerprinted {name} ({time.perf_counter() - t:.1f} s)")
     return folder

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from sdforensics.api import fingerprint_model
+from sdforensics import fingerprint
 from sdforensics.fingerprinting.fpfile import save_fingerprint
 from sdforensics.fingerprinting.similarity import similarity
 from sdforensics.model.architecture import architecture, block_maps
@@ -56,8 +56,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     paths = {p.stem: p for p in sorted(args.models.glob("*.safetensors")) if p.resolve() != args.base.resolve()}
     t0 = time.perf_counter()
-    prints = {name: fingerprint_model(p, device="cpu")[1] for name, p in paths.items()}
-    base_fp = fingerprint_model(args.base, device="cpu")[1]
+    prints = {name: fingerprint(p, device="cpu") for name, p in paths.items()}
+    base_fp = fingerprint(args.base, device="cpu")
     sizes = []
     for name, fp in prints.items():
         path = save_fingerprint(fp, args.models.parent / "fingerprints-sim" / f"{name}.sdfp")

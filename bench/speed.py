@@ -96,14 +96,12 @@ def ensure_models(out: Path, family: str) -> dict[str, Path]:
 
 
 def make_libraries(out: Path, base: Path, n_extra: int) -> tuple[Path, Path]:
-    from sdforensics.api import fingerprint_model
-    from sdforensics.fingerprinting.fingerprint import Fingerprint
-    from sdforensics.library.store import Library
+    from sdforensics import Fingerprint, Library, fingerprint
 
     one, many = out / "lib1", out / "lib50"
     for p in (one, many):
         shutil.rmtree(p, ignore_errors=True)
-    _, fp = fingerprint_model(base, device="cpu")
+    fp = fingerprint(base, device="cpu")
     Library(one).add(fp, "base", official=True)
     lib = Library(many)
     lib.add(fp, "base", official=True)

@@ -14,8 +14,13 @@ The public API (everything else is internal and may move):
 * :func:`fingerprint` -- a model's (or a LoRA's) :class:`Fingerprint`;
 * :class:`Library` -- the reference library on disk (``add``, ``remove``, ``entries``);
 * :func:`compare` -- two files side by side (``sdf compare``);
+* :func:`open_checkpoint` -- any supported file or folder, headers validated, as a context manager
+  (``with open_checkpoint(p) as ckpt:``); :func:`read_layout` -- its canonical tensor names and
+  architecture from headers alone;
+* :func:`read_lora` -- a LoRA file as a :class:`LoraFile` (layers mapped to model keys, ``deltas()``);
 * result types: :class:`Analysis`, :class:`LibrarySearch`, :class:`Similarity`, :class:`RecipeEstimate`,
-  :class:`RegistryMatch`, :class:`Fingerprint`; errors derive from :class:`SdfError`.
+  :class:`RegistryMatch`, :class:`Fingerprint`, :class:`LoraDescription` (``Analysis.lora``); errors
+  derive from :class:`SdfError`.
 
 Names load on first use, so ``import sdforensics`` stays cheap.
 """
@@ -37,6 +42,11 @@ _EXPORTS = {
     "RegistryMatch": "sdforensics.library.registry",
     "RecipeEstimate": "sdforensics.recipe.results",
     "SdfError": "sdforensics.core.errors",
+    "open_checkpoint": "sdforensics.readers",
+    "read_layout": "sdforensics.model.stream",
+    "read_lora": "sdforensics.lora.files",
+    "LoraFile": "sdforensics.lora.files",
+    "LoraDescription": "sdforensics.lora.description",
 }
 
 __all__ = ["__version__", "analyze", "identify", "fingerprint", "compare", *_EXPORTS]

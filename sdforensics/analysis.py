@@ -19,6 +19,7 @@ from typing import Any
 from sdforensics.core.safetext import printable
 from sdforensics.fingerprinting.similarity import Similarity
 from sdforensics.library.registry import RegistryMatch
+from sdforensics.lora.description import LoraDescription
 from sdforensics.model.architecture import architecture
 from sdforensics.model.detect import ArchitectureReport
 from sdforensics.model.embedding import Embedding
@@ -26,7 +27,7 @@ from sdforensics.model.hashing import FileHashes
 from sdforensics.model.identity import Identity, IdentityCollector, build_identity, identity_problems
 from sdforensics.model.metadata import Metadata, decode
 from sdforensics.model.problems import Problem, problem
-from sdforensics.model.stream import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
+from sdforensics.model.stream import Layout, Progress, identity_pass, read_layout, stream
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.recipe.results import RecipeEstimate
@@ -53,8 +54,8 @@ class Analysis:
     Identity stage: ``path`` .. ``problems``. Later stages: ``registry`` (known-hash matches),
     ``library`` (what was searched), ``identical`` (components equal to a reference's),
     ``similarity``, ``recipe`` (the estimate), ``summary`` (the lines a user reads first), and
-    ``lora`` for a LoRA file (its JSON-ready description), ``embedding`` for a textual-inversion
-    embedding. Rendering lives in :mod:`sdforensics.report`.
+    ``lora`` for a LoRA file (:class:`~sdforensics.lora.description.LoraDescription`), ``embedding``
+    for a textual-inversion embedding. Rendering lives in :mod:`sdforensics.report`.
     """
 
     path: Path
@@ -69,7 +70,7 @@ class Analysis:
     similarity: Similarity | None = None
     recipe: RecipeEstimate | None = None
     summary: tuple[str, ...] | None = None
-    lora: dict[str, Any] | None = None
+    lora: LoraDescription | None = None
     embedding: Embedding | None = None
 
     @property
@@ -93,45 +94,36 @@ def junk_keys(layout: Layout) -> list[str]:
     return [i.name for i in layout.infos if i.name not in known and spec.component_of(i.name) is None]
 
 
-def collect(
-    path: Path,
-    consumers: list[Any] | None = None,
-    progress: Progress | None = None,
-    keep_collector: list[Any] | None = None,
-    opened: Checkpoint | None = None,
-) -> Analysis:
-    """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison).
-    ``opened``: ``path`` already opened (headers validated); it is closed here."""
-    if opened is None:
-        ckpt, layout = open_and_layout(Path(path))
-    else:
-        ckpt = opened
-        try:
-            layout = read_layout(ckpt)
-        except BaseException:
-            ckpt.close()
-            raise
-    consumers = consumers or []
+def collect(path: Path, ckpt: Checkpoint, progress: Progress | None = None) -> Analysis:
+    """Read the open checkpoint ``ckpt`` (at ``path``) once: its identity :class:`Analysis`, no comparison."""
+    return collect_with(path, ckpt, [], progress)[0]
+
+
+def collect_with(
+    path: Path, ckpt: Checkpoint, consumers: list[Any], progress: Progress | None = None
+) -> tuple[Analysis, dict[str, bytes]]:
+    """Like :func:`collect`, with every tensor also handed to ``consumers`` (the fingerprinter) in the
+    same read; returns the identity :class:`Analysis` and each tensor's content digest."""
+    layout = read_layout(ckpt)
     collector: Any
     hashes: FileHashes | None
-    try:
-        if isinstance(ckpt, SafetensorsCheckpoint):  # identity from raw bytes, on a hashing thread
-            hashes, collector = identity_pass(ckpt, layout, consumers, progress)
-            ident = build_identity(
-                layout.architecture, collector.digests, collector.dtypes, collector.n_tensors,
-                collector.n_params, collector.nonfinite, collector.position_ids,
-            )
-        else:
-            # A consumer that counts NaN/Inf itself (the fingerprinter) saves the identity pass a reduction.
-            counting = [c for c in consumers if hasattr(c, "nonfinite_issues")]
-            collector = IdentityCollector(check_finite=not counting)
-            hashes = stream(ckpt, layout, [collector, *consumers], progress)
-            issues = [issue for c in counting for issue in c.nonfinite_issues()]
-            ident = collector.result(layout.architecture, issues)
-    finally:
-        ckpt.close()
-    if keep_collector is not None:
-        keep_collector.append(collector)
+    if isinstance(ckpt, SafetensorsCheckpoint):  # identity from raw bytes, on a hashing thread
+        hashes, collector = identity_pass(ckpt, layout, consumers, progress)
+        ident = build_identity(
+            layout.architecture, collector.digests, collector.dtypes, collector.n_tensors,
+            collector.n_params, collector.nonfinite, collector.position_ids,
+        )
+    else:
+        # A consumer that counts NaN/Inf itself (the fingerprinter) saves the identity pass a reduction.
+        counting = [c for c in consumers if hasattr(c, "nonfinite_issues")]
+        collector = IdentityCollector(check_finite=not counting)
+        hashes = stream(ckpt, layout, [collector, *consumers], progress)
+        issues = [issue for c in counting for issue in c.nonfinite_issues()]
+        ident = collector.result(layout.architecture, issues)
+    return _assemble(path, layout, hashes, ident), collector.digests
+
+
+def _assemble(path: Path, layout: Layout, hashes: FileHashes | None, ident: Identity) -> Analysis:
     meta = decode(layout.format.metadata)
     junk = junk_keys(layout)
     problems = identity_problems(layout.architecture, ident, len(junk), junk)

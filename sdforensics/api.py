@@ -6,14 +6,16 @@ modules (:mod:`sdforensics.fingerprinting.similarity`, :mod:`sdforensics.recipe.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdforensics.analysis import Analysis, LibrarySearch, collect
+from sdforensics.analysis import Analysis, LibrarySearch, collect, collect_with
 from sdforensics.core.errors import SdfError
 from sdforensics.core.runtime import blas_threads, torch_threads
 from sdforensics.fingerprinting.fingerprint import (
@@ -22,22 +24,18 @@ from sdforensics.fingerprinting.fingerprint import (
     Scheme,
     coordinate_samples,
     resolve_device,
+    scheme_from_json,
 )
 from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library
-from sdforensics.library.store import (
-    RefEntry,
-    Reference,
-    library_scheme,
-    load_reference,
-    reference_entries,
-    search_path,
-)
+from sdforensics.library.store import INDEX, Library, RefEntry, Reference, load_reference, search_path
+from sdforensics.lora.files import describe_lora, is_lora, lora_from_checkpoint
 from sdforensics.model.architecture import architecture, block_map_of
-from sdforensics.model.embedding import Embedding
+from sdforensics.model.embedding import Embedding, detect_embedding
 from sdforensics.model.stream import Progress
+from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint
 from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
 from sdforensics.recipe.text import summarize
@@ -60,26 +58,21 @@ def _identity(a: Analysis) -> dict[str, Any]:
 
 
 def fingerprint_model(
-    path: Path,
-    device: str = "auto",
-    progress: Progress | None = None,
-    scheme: Scheme | None = None,
-    opened: Checkpoint | None = None,
+    path: Path, device: str = "auto", progress: Progress | None = None, scheme: Scheme | None = None
 ) -> tuple[Analysis, Fingerprint]:
-    """Read ``path`` once: its identity analysis and its fingerprint. ``opened``: ``path`` already
-    opened (it is closed here)."""
-    try:
-        fper = Fingerprinter(scheme, resolve_device(device))
-    except BaseException:
-        if opened is not None:
-            opened.close()
-        raise
-    collector_ref: list[Any] = []
+    """Read ``path`` once: its identity analysis and its fingerprint."""
+    fper = Fingerprinter(scheme, resolve_device(device))
+    with open_checkpoint(Path(path)) as ckpt:
+        return _fingerprint_open(Path(path), ckpt, fper, progress)
+
+
+def _fingerprint_open(
+    path: Path, ckpt: Checkpoint, fper: Fingerprinter, progress: Progress | None
+) -> tuple[Analysis, Fingerprint]:
     # On the CPU, leave one core to the hashing threads: torch's pool would only spin-wait for it.
     threads = max(1, (os.cpu_count() or 2) - 2) if fper.device.type == "cpu" else 1 << 10
     with torch_threads(threads):
-        analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref, opened=opened)
-    digests = collector_ref[0].digests if collector_ref else {}
+        analysis, digests = collect_with(path, ckpt, [fper], progress)
     return analysis, fper.result(_identity(analysis), digests)
 
 
@@ -110,15 +103,16 @@ def _entry(entries: list[RefEntry], name: str) -> RefEntry:
 
 def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
     """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
-    if is_lora_file(path):
-        from sdforensics.lora.files import read_lora
-        from sdforensics.lora.fingerprint import lora_fingerprint
+    path = Path(path)
+    with open_checkpoint(path) as ckpt:
+        if is_lora(ckpt.infos()):
+            from sdforensics.lora.fingerprint import lora_fingerprint
 
-        lora = read_lora(Path(path))
-        if lora.family is None:
-            raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
-        return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
-    analysis, fp = fingerprint_model(Path(path), device, progress)
+            lora = lora_from_checkpoint(ckpt)
+            if lora.family is None:
+                raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
+            return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
+        analysis, fp = _fingerprint_open(path, ckpt, Fingerprinter(None, resolve_device(device)), progress)
     if analysis.architecture.family is None:
         raise SdfError(f"{path}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
     return analysis.architecture.label, fp
@@ -126,64 +120,52 @@ def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None 
 
 def is_lora_file(path: Path) -> bool:
     """True when ``path`` holds a LoRA (decided from its tensor names and shapes, headers only)."""
-    ckpt, _ = _open_model(path)
-    if ckpt is None:
-        return True
-    ckpt.close()
-    return False
-
-
-def _open_model(path: Path) -> tuple[Checkpoint | None, Embedding | None]:
-    """``(the opened checkpoint, headers validated, or None for a LoRA; the embedding it is, if one)``.
-
-    One look at the tensor names and shapes tells a LoRA (closed here), a textual-inversion
-    embedding and a model apart."""
-    from sdforensics.lora.files import is_lora
-    from sdforensics.model.embedding import detect_embedding
-    from sdforensics.readers import open_checkpoint
-
-    ckpt = open_checkpoint(Path(path))
-    try:
-        lora = is_lora(ckpt.infos())
-        emb = None if lora else detect_embedding(ckpt.infos(), Path(path))
-    except BaseException:
-        ckpt.close()
-        raise
-    if lora:
-        ckpt.close()
-        return None, None
-    return ckpt, emb
+    with open_checkpoint(Path(path)) as ckpt:
+        return is_lora(ckpt.infos())
 
 
 _NOT_FOR_LORAS = {"unknown_architecture", "missing_component", "missing_keys", "junk_keys", "fp32_weights"}
 
 
-def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
+def _lora_analysis(path: Path, ckpt: Checkpoint, progress: Progress | None) -> Analysis:
     """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
-    from sdforensics.lora.files import describe_lora, read_lora
-
-    analysis = collect(Path(path), progress=progress)
-    info = describe_lora(read_lora(Path(path)))
+    info = describe_lora(lora_from_checkpoint(ckpt))
+    analysis = collect(path, ckpt, progress)
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
     return replace(analysis, problems=problems, lora=info)
 
 
-def _embedding_analysis(ckpt: Checkpoint, path: Path, emb: Embedding, progress: Progress | None) -> Analysis:
+def _embedding_analysis(path: Path, ckpt: Checkpoint, emb: Embedding, progress: Progress | None) -> Analysis:
     """A textual-inversion embedding: hashes and metadata as for any file, plus the embedding."""
-    analysis = collect(Path(path), progress=progress, opened=ckpt)
+    analysis = collect(path, ckpt, progress)
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
     return replace(analysis, problems=problems, embedding=emb)
+
+
+def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
+    """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
+    with open_checkpoint(Path(path)) as ckpt:
+        return _lora_analysis(Path(path), ckpt, progress)
+
+
+def _not_a_model(path: Path, ckpt: Checkpoint, progress: Progress | None) -> Analysis | None:
+    """One look at the headers: the analysis of a LoRA or an embedding, None for a model."""
+    infos = ckpt.infos()
+    if is_lora(infos):
+        return _lora_analysis(path, ckpt, progress)
+    emb = detect_embedding(infos, path)
+    return _embedding_analysis(path, ckpt, emb, progress) if emb is not None else None
 
 
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
-    ckpt, emb = _open_model(path)
-    if ckpt is None:
-        return describe_lora_file(path, progress)
-    if emb is not None:
-        return _embedding_analysis(ckpt, path, emb, progress)
-    analysis = collect(Path(path), progress=progress, opened=ckpt)
+    path = Path(path)
+    with open_checkpoint(path) as ckpt:
+        other = _not_a_model(path, ckpt, progress)
+        if other is not None:
+            return other
+        analysis = collect(path, ckpt, progress)
     return replace(analysis, registry=_registry_matches(analysis, registry_dirs))
 
 
@@ -197,28 +179,62 @@ def analyze(
 ) -> Analysis:
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe.
     ``progress``: bytes of the model read; ``library_progress``: bytes of fingerprints compared."""
-    ckpt, emb = _open_model(path)
-    if ckpt is None:
-        return describe_lora_file(path, progress)
-    if emb is not None:
-        return _embedding_analysis(ckpt, path, emb, progress)
-    try:
-        scheme = library_scheme(search_path(library))
-    except BaseException:
-        ckpt.close()
-        raise
-    analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
+    path = Path(path)
+    with open_checkpoint(path) as ckpt:
+        other = _not_a_model(path, ckpt, progress)
+        if other is not None:
+            return other
+        index = LibraryIndex.read(search_path(library))
+        fper = Fingerprinter(index.scheme(), resolve_device(device))
+        analysis, fp = _fingerprint_open(path, ckpt, fper, progress)
     analysis = replace(analysis, registry=_registry_matches(analysis, registry_dirs))
-    return replace(analysis, **compare_and_estimate(analysis, fp, library, library_progress))
+    return replace(analysis, **compare_and_estimate(analysis, fp, index, library_progress))
+
+
+@dataclass(frozen=True)
+class LibraryIndex:
+    """The library folders one analysis searches and their index entries, read once."""
+
+    folders: tuple[Path, ...]
+    entries: tuple[RefEntry, ...]
+    """Every folder's entries in search order (a folder without an index holds none)."""
+
+    @classmethod
+    def read(cls, folders: list[Path]) -> LibraryIndex:
+        return cls(tuple(folders), tuple(e for f in folders if (f / INDEX).exists() for e in Library(f).entries))
+
+    def scheme(self) -> Scheme | None:
+        """The fingerprint scheme most references were made with (as :func:`library_scheme`)."""
+        counts = Counter(
+            json.dumps(e.identity["scheme"], sort_keys=True)
+            for e in self.entries
+            if isinstance(e.identity.get("scheme"), dict)
+        )
+        for text, _ in counts.most_common():
+            try:
+                return scheme_from_json(json.loads(text))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return None
+
+    def of_family(self, family: str) -> list[RefEntry]:
+        """The family's references, the first folder winning a name clash (as :func:`reference_entries`)."""
+        seen: set[str] = set()
+        out = []
+        for e in self.entries:
+            if e.name not in seen and e.family == family:
+                seen.add(e.name)
+                out.append(e)
+        return out
 
 
 def compare_and_estimate(
-    analysis: Analysis, fp: Fingerprint, library: Path | None, progress: Progress | None = None
+    analysis: Analysis, fp: Fingerprint, index: LibraryIndex, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The library stages of :func:`analyze`: search, similarity, recipe and summary, as Analysis fields."""
     family = analysis.architecture.family
-    folders = search_path(library)
-    entries = reference_entries(folders, family) if family else []
+    folders = list(index.folders)
+    entries = index.of_family(family) if family else []
     entries, changed = changed_references(entries)
     found = None
     arch_name = analysis.architecture.name or family or ""
@@ -319,20 +335,34 @@ def estimate(
     block_convention: str = BLOCK_CONVENTION,
 ) -> RecipeEstimate | None:
     """The recipe fit of ``fp`` over ``refs`` on the layers ``sim`` compared (None: no common layer)."""
-    from sdforensics.recipe.estimate import LayerData, estimate_recipe
+    from sdforensics.recipe.estimate import estimate_recipe
+
+    layers = fit_layers(fp, [r.fingerprint for r in refs], [(row.key, row.block, row.component) for row in sim.layers])
+    if not layers:
+        return None
+    return estimate_recipe(
+        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
+        block_convention=block_convention,
+    )
+
+
+def fit_layers(fp: Fingerprint, refs: list[Fingerprint], rows: list[tuple[str, str, str]]) -> list[Any]:
+    """What the recipe fit sees of each ``(key, block, component)`` row: ``fp``'s and every reference's
+    sketch (:func:`layer_vector`) and coordinate samples, as :class:`~sdforensics.recipe.estimate.LayerData`."""
+    from sdforensics.recipe.estimate import LayerData
 
     layers = []
-    for row in sim.layers:
-        t = fp.tensors[row.key]
-        rp = [r.fingerprint.tensors[row.key] for r in refs]
+    for key, block, component in rows:
+        t = fp.tensors[key]
+        rp = [r.tensors[key] for r in refs]
         samples = coordinate_samples([t, *rp], fp.scheme) or [np.zeros(0)] * (1 + len(rp))
         sample_t, sample_r = np.asarray(samples[0], np.float64), np.stack(samples[1:], dtype=np.float64)
         structured = t.structure is not None and all(p.structure is not None for p in rp)
         layers.append(
             LayerData(
-                key=row.key,
-                block=row.block,
-                component=row.component,
+                key=key,
+                block=block,
+                component=component,
                 target=layer_vector(t.values, t.structure if structured else None),
                 refs=np.stack([layer_vector(p.values, p.structure if structured else None) for p in rp]),
                 sample_target=sample_t,
@@ -341,12 +371,7 @@ def estimate(
                 numel=t.numel,
             )
         )
-    if not layers:
-        return None
-    return estimate_recipe(
-        layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
-        block_convention=block_convention,
-    )
+    return layers
 
 
 def build_official(
@@ -359,8 +384,6 @@ def build_official(
     """Fingerprint the official models in ``folder`` (recognised by SHA-256) into ``library``."""
     from sdforensics.library.official import find_official_files
     from sdforensics.library.registry import load_registry, shipped_registry
-    from sdforensics.library.store import Library
-
     reg = load_registry(registry_dirs) if registry_dirs else shipped_registry()
     lib = Library(library)
     added = []
@@ -381,7 +404,5 @@ def add_reference(
 ) -> RefEntry:
     """Fingerprint the checkpoint or LoRA at ``path`` into the library folder ``library`` as
     ``name`` (``official``: the family's base), as ``sdf refs add`` does; returns its entry."""
-    from sdforensics.library.store import Library
-
     _, fp = fingerprint_any(Path(path), device, progress)
     return Library(Path(library)).add(fp, name, official=official)

@@ -9,6 +9,7 @@ the full values in float64 accumulators.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 from sdforensics.core.errors import SdfError
 from sdforensics.core.safetext import printable
 from sdforensics.model.architecture import block_map_of
-from sdforensics.model.stream import open_and_layout
+from sdforensics.model.stream import read_layout
+from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint
 
 
@@ -191,22 +193,22 @@ class _Aligned:
 
 def compare_files(path_a: Path, path_b: Path, base: Path | None = None) -> PairComparison:
     """Compare A and B layer by layer; with ``base`` also what each changed from it."""
-    opened: list[Checkpoint] = []
-    try:
-        ck_a, lay_a = open_and_layout(Path(path_a))
-        opened.append(ck_a)
-        ck_b, lay_b = open_and_layout(Path(path_b))
-        opened.append(ck_b)
-        _architecture_check(str(path_a), lay_a, str(path_b), lay_b)
-        ck_0 = lay_0 = None
-        if base is not None:
-            ck_0, lay_0 = open_and_layout(Path(base))
-            opened.append(ck_0)
-            _architecture_check(str(path_a), lay_a, f"the base {base}", lay_0)
-    except BaseException:
-        for ck in opened:
-            ck.close()
-        raise
+    with ExitStack() as opened:
+        ck_a = opened.enter_context(open_checkpoint(Path(path_a)))
+        ck_b = opened.enter_context(open_checkpoint(Path(path_b)))
+        ck_0 = opened.enter_context(open_checkpoint(Path(base))) if base is not None else None
+        return _compare_open(Path(path_a), ck_a, Path(path_b), ck_b, base, ck_0)
+
+
+def _compare_open(
+    path_a: Path, ck_a: Checkpoint, path_b: Path, ck_b: Checkpoint, base: Path | None, ck_0: Checkpoint | None
+) -> PairComparison:
+    lay_a, lay_b = read_layout(ck_a), read_layout(ck_b)
+    _architecture_check(str(path_a), lay_a, str(path_b), lay_b)
+    lay_0 = None
+    if ck_0 is not None:
+        lay_0 = read_layout(ck_0)
+        _architecture_check(str(path_a), lay_a, f"the base {base}", lay_0)
     family = lay_a.architecture.family
     bmap = block_map_of(family)
     shapes_a = {i.name: i.shape for i in lay_a.infos}
@@ -218,29 +220,25 @@ def compare_files(path_a: Path, path_b: Path, base: Path | None = None) -> PairC
         with_base = {k for k in wanted if shapes_0.get(k) == shapes_a[k]}
     layers: list[LayerDiff] = []
     sums: list[tuple[str | None, float, float, float]] = []
-    try:
-        stream_b = _Aligned(_canonical_stream(ck_b, lay_b.mapping.canonical, set(lay_b.mapping.ema)), wanted)
-        stream_0 = None
-        if ck_0 is not None and lay_0 is not None:
-            stream_0 = _Aligned(_canonical_stream(ck_0, lay_0.mapping.canonical, set(lay_0.mapping.ema)), with_base)
-        for key, ta in _canonical_stream(ck_a, lay_a.mapping.canonical, set(lay_a.mapping.ema)):
-            if key not in wanted:
-                continue
-            tb = stream_b.get(key)
-            if not (ta.is_floating_point() or tb.is_floating_point()):
-                ta, tb = ta.double(), tb.double()
-            diff = layer_diff(key, bmap.block_of(key), ta, tb)
-            if stream_0 is not None and key in with_base:
-                t0 = stream_0.get(key).double().reshape(-1)
-                da, db = ta.double().reshape(-1) - t0, tb.double().reshape(-1) - t0
-                dab, daa, dbb = float(da @ db), float(da @ da), float(db @ db)
-                cos = dab / (daa * dbb) ** 0.5 if daa > 0 and dbb > 0 else float("nan")
-                diff = replace(diff, delta_cosine=cos)
-                sums.append((diff.block, dab, daa, dbb))
-            layers.append(diff)
-    finally:
-        for ck in opened:
-            ck.close()
+    stream_b = _Aligned(_canonical_stream(ck_b, lay_b.mapping.canonical, set(lay_b.mapping.ema)), wanted)
+    stream_0 = None
+    if ck_0 is not None and lay_0 is not None:
+        stream_0 = _Aligned(_canonical_stream(ck_0, lay_0.mapping.canonical, set(lay_0.mapping.ema)), with_base)
+    for key, ta in _canonical_stream(ck_a, lay_a.mapping.canonical, set(lay_a.mapping.ema)):
+        if key not in wanted:
+            continue
+        tb = stream_b.get(key)
+        if not (ta.is_floating_point() or tb.is_floating_point()):
+            ta, tb = ta.double(), tb.double()
+        diff = layer_diff(key, bmap.block_of(key), ta, tb)
+        if stream_0 is not None and key in with_base:
+            t0 = stream_0.get(key).double().reshape(-1)
+            da, db = ta.double().reshape(-1) - t0, tb.double().reshape(-1) - t0
+            dab, daa, dbb = float(da @ db), float(da @ da), float(db @ db)
+            cos = dab / (daa * dbb) ** 0.5 if daa > 0 and dbb > 0 else float("nan")
+            diff = replace(diff, delta_cosine=cos)
+            sums.append((diff.block, dab, daa, dbb))
+        layers.append(diff)
     return PairComparison(
         a=Path(path_a),
         b=Path(path_b),

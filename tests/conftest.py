@@ -34,14 +34,20 @@ def family_specs_sd1() -> dict:
 
 
 @pytest.fixture(scope="session")
-def library(family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def family_prints(family: dict[str, Path]) -> dict:
+    """Each model of ``family`` fingerprinted once per session (CPU); read-only values."""
+    from sdforensics import fingerprint
+
+    return {name: fingerprint(path, device="cpu") for name, path in family.items()}
+
+
+@pytest.fixture(scope="session")
+def library(family_prints: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A library with the base (official) and ft1..ft6."""
-    from sdforensics.api import fingerprint_model
-    from sdforensics.library.store import Library
+    from sdforensics import Library
 
     lib = Library(tmp_path_factory.mktemp("lib") / "library")
-    for name, path in family.items():
-        _, fp = fingerprint_model(path, device="cpu")
+    for name, fp in family_prints.items():
         lib.add(fp, "sd15" if name == "base" else name, official=name == "base")
     return lib.folder
 

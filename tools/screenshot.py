@@ -6,7 +6,7 @@
 Chromium is found as ``$SDF_CHROMIUM`` or the first of ``chromium``, ``chromium-browser``,
 ``google-chrome`` on PATH (Debian: ``apt-get install chromium``). Console messages come from
 ``--enable-logging=stderr --v=0``: every ``CONSOLE`` line (our reports carry no script, so any
-message at all is a failure) and every ``Uncaught`` error. Used by ``tests/test_report.py``.
+message at all is a failure) and every ``Uncaught`` error. Used by ``tests/report/test_report.py``.
 """
 
 from __future__ import annotations

@@ -66,3 +66,13 @@ def printable(text: str, limit: int | None = 500) -> str:
     if limit is not None and len(result) > limit:
         return result[:limit] + f"... ({len(text):,} characters)"
     return result
+
+
+def terminal_safe(s: str) -> str:
+    r"""``s`` with every non-printable character (control, bidi, invisible) as its Python escape, uncut:
+    for terminal lines and error messages that name untrusted strings.
+
+    >>> terminal_safe("a\u202eb\u200bc\x1b")
+    'a\\u202eb\\u200bc\\x1b'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)

@@ -10,9 +10,9 @@ The shipped registry lives in ``reference_hashes/`` (see its README):
 * ``MANIFEST.sha256`` -- see :mod:`sdforensics.library.manifest`.
 
 Both are *built* from ``reference_hashes/src/`` (one JSON file per family plus the CSV), so
-adding an entry is one edit and one command::
+adding an entry is one edit and one command (the rebuild tool lives outside the package)::
 
-    python -m sdforensics.library.registry rebuild [--src DIR] [--out DIR]
+    python tools/registry_rebuild.py rebuild [--src DIR] [--out DIR]
 
 Matching rules: a SHA-256 (or, when only that is known on either side, an AutoV2) match is an
 identification (``strength="exact"``). A legacy-hash match is only a hint (``"weak"``) with a
@@ -31,14 +31,10 @@ a model came from.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import os
 import re
-import shutil
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,7 +43,6 @@ from types import MappingProxyType
 from typing import Any
 
 from sdforensics.core.errors import LibraryError
-from sdforensics.library.manifest import write_manifest
 from sdforensics.library.shipped import shipped_registry_dir
 
 SCHEMA = "sdforensics.known_models/1"
@@ -135,7 +130,7 @@ class RegistryMatch:
 # --------------------------------------------------------------------------- validation
 
 
-def _fail(where: str, msg: str) -> LibraryError:
+def entry_error(where: str, msg: str) -> LibraryError:
     return LibraryError(
         f"{where}: {msg}. Fix the entry in reference_hashes/src/ and run "
         "`python -m sdforensics.library.registry rebuild`."
@@ -147,7 +142,7 @@ def _opt_hex(raw: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{_HEX[key]}}}", value):
-        raise _fail(where, f"{key} must be {_HEX[key]} hex characters or null, got {value!r}")
+        raise entry_error(where, f"{key} must be {_HEX[key]} hex characters or null, got {value!r}")
     return value.lower()
 
 
@@ -161,52 +156,52 @@ def entry_from_dict(raw: Any, where: str) -> KnownModel:
     '0000000000'
     """
     if not isinstance(raw, dict):
-        raise _fail(where, f"an entry must be a JSON object, got {type(raw).__name__}")
+        raise entry_error(where, f"an entry must be a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
-        raise _fail(where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
+        raise entry_error(where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
     for key in _REQUIRED:
         if not isinstance(raw.get(key), str) or not raw[key].strip():
-            raise _fail(where, f"{key} must be a non-empty string, got {raw.get(key)!r}")
+            raise entry_error(where, f"{key} must be a non-empty string, got {raw.get(key)!r}")
     if raw["family"] not in FAMILIES:
-        raise _fail(where, f"family must be one of {', '.join(FAMILIES)}, got {raw['family']!r}")
+        raise entry_error(where, f"family must be one of {', '.join(FAMILIES)}, got {raw['family']!r}")
     if raw["kind"] not in KINDS:
-        raise _fail(where, f"kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+        raise entry_error(where, f"kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
     file = raw.get("file")
     if file is not None and (not isinstance(file, str) or not file.strip()):
-        raise _fail(where, f"file must be a non-empty string or null, got {file!r}")
+        raise entry_error(where, f"file must be a non-empty string or null, got {file!r}")
     size = raw.get("bytes")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise _fail(where, f"bytes must be a positive integer or null, got {size!r}")
+        raise entry_error(where, f"bytes must be a positive integer or null, got {size!r}")
     sha256 = _opt_hex(raw, "sha256", where)
     autov2 = _opt_hex(raw, "autov2", where)
     legacy = _opt_hex(raw, "legacy_hash", where)
     if sha256 and autov2 and autov2 != sha256[:10]:
-        raise _fail(where, f"autov2 {autov2} is not the first 10 characters of sha256 {sha256}")
+        raise entry_error(where, f"autov2 {autov2} is not the first 10 characters of sha256 {sha256}")
     note = raw.get("lineage_note")
     if note is not None and not isinstance(note, str):
-        raise _fail(where, f"lineage_note must be a string or null, got {note!r}")
+        raise entry_error(where, f"lineage_note must be a string or null, got {note!r}")
     official = raw.get("official", False)
     if not isinstance(official, bool):
-        raise _fail(where, f"official must be true or false, got {official!r}")
+        raise entry_error(where, f"official must be true or false, got {official!r}")
     if official and not sha256:
-        raise _fail(where, "an official entry needs its sha256 (official files are recognised by it)")
+        raise entry_error(where, "an official entry needs its sha256 (official files are recognised by it)")
     comps_raw = raw.get("component_hashes") or {}
     if not isinstance(comps_raw, dict):
-        raise _fail(where, f"component_hashes must be an object, got {comps_raw!r}")
+        raise entry_error(where, f"component_hashes must be an object, got {comps_raw!r}")
     comps: dict[str, str] = {}
     for comp, value in comps_raw.items():
         if comp not in COMPONENTS:
-            raise _fail(where, f"component_hashes key must be one of {', '.join(COMPONENTS)}, got {comp!r}")
+            raise entry_error(where, f"component_hashes key must be one of {', '.join(COMPONENTS)}, got {comp!r}")
         if not isinstance(value, str) or not _COMPONENT_HASH.match(value.lower()):
-            raise _fail(where, f"component_hashes.{comp} must be a hash string (8-200 of [0-9a-z_.:-]), "
+            raise entry_error(where, f"component_hashes.{comp} must be a hash string (8-200 of [0-9a-z_.:-]), "
                         f"got {value!r}")
         comps[comp] = value.lower()
     hf_repo = raw.get("hf_repo")
     if hf_repo is not None and (not isinstance(hf_repo, str) or not _HF_REPO.match(hf_repo)):
-        raise _fail(where, f"hf_repo must be 'owner/repo' or null, got {hf_repo!r}")
+        raise entry_error(where, f"hf_repo must be 'owner/repo' or null, got {hf_repo!r}")
     if not (sha256 or autov2 or legacy or comps):
-        raise _fail(where, "an entry needs at least one of sha256, autov2, legacy_hash, component_hashes")
+        raise entry_error(where, "an entry needs at least one of sha256, autov2, legacy_hash, component_hashes")
     return KnownModel(
         name=raw["name"].strip(), family=raw["family"], kind=raw["kind"], file=file, bytes=size,
         sha256=sha256, autov2=autov2 or (sha256[:10] if sha256 else None), legacy_hash=legacy,
@@ -215,7 +210,7 @@ def entry_from_dict(raw: Any, where: str) -> KnownModel:
     )
 
 
-def _read_entries_file(path: Path) -> list[KnownModel]:
+def read_entries_file(path: Path) -> list[KnownModel]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -239,12 +234,12 @@ def _read_entries_file(path: Path) -> list[KnownModel]:
         entry = entry_from_dict(raw, f"{path} entry {i}" + (f" ({label!r})" if label else ""))
         entry = replace(entry, origin=str(path))
         if entry.name in names:
-            raise _fail(f"{path} entry {i}",
+            raise entry_error(f"{path} entry {i}",
                         f"name {entry.name!r} is already used by entry {names[entry.name]}")
         names[entry.name] = i
         if entry.sha256:
             if entry.sha256 in hashes:
-                raise _fail(f"{path} entry {i} ({entry.name!r})",
+                raise entry_error(f"{path} entry {i} ({entry.name!r})",
                             f"sha256 {entry.sha256} is already used by entry {hashes[entry.sha256]}; "
                             "one entry per file: list other names in lineage_note")
             hashes[entry.sha256] = i
@@ -252,7 +247,7 @@ def _read_entries_file(path: Path) -> list[KnownModel]:
     return entries
 
 
-def _read_legacy_csv(path: Path) -> list[tuple[str, str]]:
+def read_legacy_csv(path: Path) -> list[tuple[str, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
@@ -430,17 +425,17 @@ def load_registry(paths: Sequence[Path]) -> Registry:
         if path.is_dir():
             found = False
             if (path / KNOWN_MODELS_JSON).is_file():
-                entries += _read_entries_file(path / KNOWN_MODELS_JSON)
+                entries += read_entries_file(path / KNOWN_MODELS_JSON)
                 found = True
             if (path / LEGACY_CSV).is_file():
-                rows += _read_legacy_csv(path / LEGACY_CSV)
+                rows += read_legacy_csv(path / LEGACY_CSV)
                 found = True
             if not found:
                 raise LibraryError(f"{path}: holds neither {KNOWN_MODELS_JSON} nor {LEGACY_CSV}.")
         elif path.suffix.lower() == ".csv":
-            rows += _read_legacy_csv(path)
+            rows += read_legacy_csv(path)
         else:
-            entries += _read_entries_file(path)
+            entries += read_entries_file(path)
     return Registry(entries, rows)
 
 
@@ -510,184 +505,3 @@ def registry_rows(registry: Registry) -> list[dict[str, Any]]:
         row["status"] = "hash only"
         rows.append(row)
     return rows
-
-
-# --------------------------------------------------------------------------- rebuild
-
-_FAMILY_ORDER = {f: i for i, f in enumerate(FAMILIES)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-
-
-def _entries_json(entries: Sequence[KnownModel]) -> str:
-    doc = {"schema": SCHEMA, "entries": [e.to_dict() for e in entries]}
-    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
-
-
-def _legacy_csv_text(rows: Iterable[tuple[str, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LEGACY_CSV_HEADER)
-    writer.writerows(sorted(set(rows)))
-    return buf.getvalue()
-
-
-def _sort_key(e: KnownModel) -> tuple[int, str, str]:
-    return (_FAMILY_ORDER[e.family], e.name.casefold(), e.sha256 or "")
-
-
-def rebuild(src: Path, out: Path) -> list[Path]:
-    """Regenerate the registry in ``out`` from the editable sources in ``src``; return written paths.
-
-    ``src`` holds ``*.json`` entry files (schema ``sdforensics.known_models/1``, any split; one
-    per family is the convention), and optionally ``legacy_hashes.csv`` with
-    ``LICENSE-model-keyword.txt``. Writes ``out/known_models.json`` (entries sorted by family
-    and name, ``autov2`` filled in), ``out/legacy_hashes.csv`` (sorted, deduplicated), copies the
-    licence, then rewrites ``out/MANIFEST.sha256`` over everything in ``out``. Running it twice
-    gives identical bytes.
-    """
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise LibraryError(f"{src}: source folder not found. Give --src the folder of *.json entry files.")
-    sources = sorted(p for p in src.glob("*.json") if p.is_file())
-    if not sources:
-        raise LibraryError(f"{src}: no *.json entry files in it.")
-    entries: list[KnownModel] = []
-    seen_sha: dict[str, str] = {}
-    seen_name: dict[str, str] = {}
-    for path in sources:
-        for e in _read_entries_file(path):
-            where = f"{path} entry {e.name!r}"
-            if e.sha256 and e.sha256 in seen_sha:
-                raise _fail(where, f"sha256 {e.sha256} is already listed in {seen_sha[e.sha256]}")
-            if e.name in seen_name:
-                raise _fail(where, f"name is already used in {seen_name[e.name]}")
-            if e.sha256:
-                seen_sha[e.sha256] = str(path)
-            seen_name[e.name] = str(path)
-            entries.append(e)
-    entries.sort(key=_sort_key)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / KNOWN_MODELS_JSON]
-    _write_atomic(out / KNOWN_MODELS_JSON, _entries_json(entries))
-    legacy_src = src / LEGACY_CSV
-    if legacy_src.is_file():
-        licence = src / LEGACY_LICENSE
-        if not licence.is_file():
-            raise LibraryError(f"{licence}: missing. {LEGACY_CSV} redistributes MIT-licensed data and its "
-                               "licence must travel with it.")
-        _write_atomic(out / LEGACY_CSV, _legacy_csv_text(_read_legacy_csv(legacy_src)))
-        if licence.resolve() != (out / LEGACY_LICENSE).resolve():
-            shutil.copyfile(licence, out / LEGACY_LICENSE)
-        written += [out / LEGACY_CSV, out / LEGACY_LICENSE]
-    written.append(write_manifest(out))
-    return written
-
-
-# Names (as in the seed) of the official text-to-image family bases: SD 1.4, 1.5, 2.0, 2.1, SDXL
-# base/refiner as their publishers released them. Variants (inpainting, depth, upscaler) and
-# third-party repacks are not bases.
-OFFICIAL_SEED_NAMES = frozenset({
-    "Stable Diffusion v1.4",
-    "Stable Diffusion v1.4 (full EMA)",
-    "Stable Diffusion v1.5 (pruned, EMA + non-EMA)",
-    "Stable Diffusion v1.5 (pruned, EMA only)",
-    "Stable Diffusion v1.5 (pruned, EMA only, safetensors)",
-    "Stable Diffusion v1.5 (pruned, EMA only, safetensors, first conversion Dec 2022)",
-    "Stable Diffusion v1.5 (pruned, safetensors)",
-    "Stable Diffusion v1.5 (pruned, safetensors, first conversion Dec 2022)",
-    "Stable Diffusion 2.0 (768-v)",
-    "Stable Diffusion 2.0 base (512)",
-    "Stable Diffusion 2.1 (512 base, EMA, ckpt)",
-    "Stable Diffusion 2.1 (512 base, EMA, safetensors)",
-    "Stable Diffusion 2.1 (512 base, non-EMA, ckpt)",
-    "Stable Diffusion 2.1 (512 base, non-EMA, safetensors)",
-    "Stable Diffusion 2.1 (768-v, EMA, ckpt)",
-    "Stable Diffusion 2.1 (768-v, EMA, safetensors)",
-    "Stable Diffusion 2.1 (768-v, non-EMA, ckpt)",
-    "Stable Diffusion 2.1 (768-v, non-EMA, safetensors)",
-    "Stable Diffusion XL 0.9 base (research release)",
-    "Stable Diffusion XL 1.0 base",
-    "Stable Diffusion XL 1.0 base with 0.9 VAE",
-    "Stable Diffusion XL 1.0 refiner",
-})
-
-
-def import_seed(seed: Path, src: Path, *, force: bool = False) -> list[Path]:
-    """Split the collected seed (``../shared/known_models/``) into ``src/<family>.json`` files.
-
-    A one-time step, kept for provenance: marks :data:`OFFICIAL_SEED_NAMES` official and copies
-    the legacy-hash CSV and its licence. Refuses to overwrite ``src`` unless ``force``.
-    """
-    seed, src = Path(seed), Path(src)
-    raw = json.loads((seed / "known_models.json").read_text(encoding="utf-8"))
-    if not isinstance(raw, list):
-        raise LibraryError(f"{seed / 'known_models.json'}: expected a JSON list of entries.")
-    if src.exists() and any(src.glob("*.json")) and not force:
-        raise LibraryError(f"{src}: already holds entry files; pass --force to overwrite them.")
-    by_family: dict[str, list[KnownModel]] = defaultdict(list)
-    for i, item in enumerate(raw):
-        if isinstance(item, dict) and item.get("name") in OFFICIAL_SEED_NAMES:
-            item = {**item, "official": True}
-        e = entry_from_dict(item, f"{seed / 'known_models.json'} entry {i}")
-        by_family[e.family].append(e)
-    missing = OFFICIAL_SEED_NAMES - {e.name for es in by_family.values() for e in es if e.official}
-    if missing:
-        raise LibraryError(f"{seed}: official names not found in the seed: {sorted(missing)}")
-    src.mkdir(parents=True, exist_ok=True)
-    written = []
-    for family, es in sorted(by_family.items(), key=lambda kv: _FAMILY_ORDER[kv[0]]):
-        path = src / f"{family}.json"
-        _write_atomic(path, _entries_json(sorted(es, key=_sort_key)))
-        written.append(path)
-    rows = _read_legacy_csv(seed / "model-keyword-hashes.csv")
-    _write_atomic(src / LEGACY_CSV, _legacy_csv_text(rows))
-    shutil.copyfile(seed / "model-keyword-LICENSE.txt", src / LEGACY_LICENSE)
-    return [*written, src / LEGACY_CSV, src / LEGACY_LICENSE]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sdforensics.library.registry rebuild|import-seed|check``."""
-    parser = argparse.ArgumentParser(prog="python -m sdforensics.library.registry",
-                                     description="Rebuild, import or check the known-model registry.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_rebuild = sub.add_parser("rebuild", help="regenerate known_models.json, legacy_hashes.csv, MANIFEST")
-    p_rebuild.add_argument("--src", type=Path, default=SHIPPED_DIR / "src")
-    p_rebuild.add_argument("--out", type=Path, default=SHIPPED_DIR)
-    p_seed = sub.add_parser("import-seed", help="split the collected seed into src/<family>.json (once)")
-    p_seed.add_argument("seed", type=Path)
-    p_seed.add_argument("--src", type=Path, default=SHIPPED_DIR / "src")
-    p_seed.add_argument("--force", action="store_true")
-    p_check = sub.add_parser("check", help="load and validate a registry, verify its manifest")
-    p_check.add_argument("folder", type=Path, nargs="?", default=SHIPPED_DIR)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "rebuild":
-            for path in rebuild(args.src, args.out):
-                print(f"wrote {path}", file=sys.stderr)
-        elif args.command == "import-seed":
-            for path in import_seed(args.seed, args.src, force=args.force):
-                print(f"wrote {path}", file=sys.stderr)
-        else:
-            from sdforensics.library.manifest import verify_manifest
-
-            reg = load_registry([args.folder])
-            problems = verify_manifest(args.folder)
-            for line in problems:
-                print(line, file=sys.stderr)
-            print(f"{len(reg)} entries, {len(reg.legacy_rows)} legacy rows, "
-                  f"{'manifest OK' if not problems else f'{len(problems)} manifest problem(s)'}",
-                  file=sys.stderr)
-            return 1 if problems else 0
-    except LibraryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 from sdforensics.core.errors import CorruptFileError, UnsupportedFormatError
 from sdforensics.core.safetext import printable
+from sdforensics.lora.description import LoraDescription
 from sdforensics.lora.factors import check_factor
 from sdforensics.lora.keys import FAMILIES, KOHYA_PREFIXES, Target, cloneofsimo_orders, module_index
 from sdforensics.readers import open_checkpoint
-from sdforensics.readers.base import TensorInfo
+from sdforensics.readers.base import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:  # torch is imported where tensors are built, so is_lora() needs headers only
     import torch
@@ -314,19 +315,21 @@ def read_lora(path: Path) -> LoraFile:
 
     Raises :class:`~sdforensics.core.errors.UnsupportedFormatError` when the file is not a LoRA.
     """
-    path = Path(path)
-    ckpt = open_checkpoint(path)
-    try:
-        fmt = ckpt.format()
-        infos = ckpt.infos()
-        if not is_lora(infos):
-            raise UnsupportedFormatError(
-                f"{path}: not a LoRA file (no lora_up/lora_down, lora_A/lora_B or [up, down] pairs among "
-                f"{len(infos)} tensors)"
-            )
-        tensors = {info.name: t for info, t in ckpt.tensors()}
-    finally:
-        ckpt.close()
+    with open_checkpoint(Path(path)) as ckpt:
+        return lora_from_checkpoint(ckpt)
+
+
+def lora_from_checkpoint(ckpt: Checkpoint) -> LoraFile:
+    """:func:`read_lora` of a checkpoint already open (it stays open)."""
+    path = ckpt.path
+    fmt = ckpt.format()
+    infos = ckpt.infos()
+    if not is_lora(infos):
+        raise UnsupportedFormatError(
+            f"{path}: not a LoRA file (no lora_up/lora_down, lora_A/lora_B or [up, down] pairs among "
+            f"{len(infos)} tensors)"
+        )
+    tensors = {info.name: t for info, t in ckpt.tensors()}
     meta = dict(fmt.metadata)
     names = list(tensors)
     if all(n.isascii() and n.isdigit() for n in names):
@@ -595,10 +598,10 @@ def training_summary(metadata: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def describe_lora(lora: LoraFile) -> dict[str, Any]:
+def describe_lora(lora: LoraFile) -> LoraDescription:
     """What a LoRA file is: family, format, ranks, alphas, targeted layers and blocks, training.
 
-    Everything is JSON-friendly; the lead renders it as ``sdf analyze lora.safetensors``.
+    ``sdf analyze lora.safetensors`` renders it; :meth:`LoraDescription.to_json` is its JSON.
     """
     from sdforensics.model.architecture import architecture, block_maps
 
@@ -618,31 +621,30 @@ def describe_lora(lora: LoraFile) -> dict[str, Any]:
     components = Counter(layer.target.component if layer.target else layer.component or "unknown"
                          for layer in lora.layers)
     dtypes = Counter(str(t.dtype).replace("torch.", "") for layer in lora.layers for t in layer.factors.values())
-    return {
-        "kind": "lora",
-        "path": str(lora.path),
-        "format": lora.format,
-        "container": lora.container,
-        "family": lora.family,
-        "compatible_families": list(lora.compatible),
-        "algorithms": list(lora.kinds),
-        "rank": lora.rank,
-        "ranks": {str(r): n for r, n in sorted(ranks.items())},
-        "alphas": {f"{a:g}": n for a, n in sorted(alphas.items())},
-        "scale": sorted({round(layer.scale, 6) for layer in lora.layers}),
-        "layers": len(lora.layers),
-        "mapped_layers": len(lora.layers) - len(lora.unmapped),
-        "conv_layers": sum(1 for layer in lora.layers if layer.conv),
-        "bakeable": all(layer.bakeable for layer in lora.layers),
-        "components": {c: components[c] for c in sorted(components)},
-        "targets": sorted(targets),
-        "target_blocks": key_blocks,
-        "blocks": blocks,
-        "unmapped": [printable(n, 200) for n in lora.unmapped[:50]],
-        "ignored_tensors": [printable(n, 200) for n in lora.ignored[:50]],
-        "embeddings": {printable(k, 100): list(v) for k, v in lora.embeddings.items()},
-        "dtypes": dict(dtypes),
-        "params": sum(int(t.numel()) for layer in lora.layers for t in layer.factors.values()),
-        "training": training_summary(lora.metadata),
-        "notes": list(lora.notes),
-    }
+    return LoraDescription(
+        path=str(lora.path),
+        format=lora.format,
+        container=lora.container,
+        family=lora.family,
+        compatible_families=tuple(lora.compatible),
+        algorithms=tuple(lora.kinds),
+        rank=lora.rank,
+        ranks={str(r): n for r, n in sorted(ranks.items())},
+        alphas={f"{a:g}": n for a, n in sorted(alphas.items())},
+        scale=tuple(sorted({round(layer.scale, 6) for layer in lora.layers})),
+        layers=len(lora.layers),
+        mapped_layers=len(lora.layers) - len(lora.unmapped),
+        conv_layers=sum(1 for layer in lora.layers if layer.conv),
+        bakeable=all(layer.bakeable for layer in lora.layers),
+        components={c: components[c] for c in sorted(components)},
+        targets=tuple(sorted(targets)),
+        target_blocks=key_blocks,
+        blocks=blocks,
+        unmapped=tuple(printable(n, 200) for n in lora.unmapped[:50]),
+        ignored_tensors=tuple(printable(n, 200) for n in lora.ignored[:50]),
+        embeddings={printable(k, 100): tuple(v) for k, v in lora.embeddings.items()},
+        dtypes=dict(dtypes),
+        params=sum(int(t.numel()) for layer in lora.layers for t in layer.factors.values()),
+        training=training_summary(lora.metadata),
+        notes=tuple(lora.notes),
+    )

@@ -199,9 +199,17 @@ class FileDigester:
             w.stop()
         self._workers = []
 
+    def __enter__(self) -> FileDigester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stops the workers when the block ends before :meth:`finish` (an error while reading)."""
+        self.close()
+
     def finish(self) -> FileHashes:
         for w in self._workers:
             w.join()
+        self._workers = []
         sha = self._sha.hexdigest()
         v1 = hashlib.sha256(bytes(self._v1)).hexdigest()[:8] if len(self._v1) == AUTOV1_SIZE else None
         return FileHashes(

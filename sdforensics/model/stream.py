@@ -9,7 +9,7 @@ slices straight into the hashers, without building tensors or importing torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,6 @@ from sdforensics.model.byte_identity import ByteIdentity, TensorSpan
 from sdforensics.model.detect import ArchitectureReport, detect, scaled
 from sdforensics.model.hashing import SLICE, FileDigester, FileHashes, hash_file
 from sdforensics.model.keymap import KeyMapping, canonicalize
-from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 
@@ -98,21 +97,13 @@ def identity_pass(
         hashes = stream(ckpt, layout, consumers, progress, content=ident.update)
         assert hashes is not None
         return hashes, ident
-    digester = FileDigester(autov3_start=ckpt.header.data_start, content=ident.update)
     total = ckpt.header.file_size or 1
-    with ckpt.mapped() as mapped:
-        try:
-            for start in range(0, len(mapped.view), READ_SIZE):
-                digester.update(
-                    mapped.view[start : start + READ_SIZE], on_done=partial(mapped.done, start, READ_SIZE)
-                )
-                if progress is not None:
-                    progress(min(start + READ_SIZE, total), total)
-            hashes = digester.finish()
-        except BaseException:
-            digester.close()
-            raise
-    return hashes, ident
+    with ckpt.mapped() as mapped, FileDigester(ckpt.header.data_start, content=ident.update) as digester:
+        for start in range(0, len(mapped.view), READ_SIZE):
+            digester.update(mapped.view[start : start + READ_SIZE], on_done=partial(mapped.done, start, READ_SIZE))
+            if progress is not None:
+                progress(min(start + READ_SIZE, total), total)
+        return digester.finish(), ident
 
 
 def stream(
@@ -124,14 +115,25 @@ def stream(
 ) -> FileHashes | None:
     """Feed every tensor to ``consumers``; returns file hashes for single-file checkpoints.
     ``content``: fed every byte of a safetensors file on a hashing thread (see :func:`identity_pass`)."""
+    if isinstance(ckpt, SafetensorsCheckpoint):
+        with FileDigester(autov3_start=ckpt.header.data_start, content=content) as digester:
+            _feed(ckpt.tensors(tap=digester.update), layout, consumers, progress)
+            return digester.finish()
+    _feed(ckpt.tensors(), layout, consumers, progress)
+    if layout.path.is_file():
+        return hash_file(layout.path)
+    return None
+
+
+def _feed(
+    tensors: Iterator[tuple[TensorInfo, torch.Tensor]],
+    layout: Layout,
+    consumers: Sequence[Consumer],
+    progress: Progress | None,
+) -> None:
+    """Hand every kept tensor to every consumer under its canonical name, in file order."""
     total = sum(i.nbytes for i in layout.infos) or 1
     done = 0
-    digester: FileDigester | None = None
-    if isinstance(ckpt, SafetensorsCheckpoint):
-        digester = FileDigester(autov3_start=ckpt.header.data_start, content=content)
-        tensors = ckpt.tensors(tap=digester.update)
-    else:
-        tensors = ckpt.tensors()
     # Sketch sizes follow the architecture's full key table (at this file's width), so a file with
     # missing keys, a LoRA's fingerprint and a full model still get the same size for the same key.
     shapes = {i.name: i.shape for i in layout.infos}
@@ -155,17 +157,3 @@ def stream(
             consumer.consume(name, canon, tensor)
         if progress is not None:
             progress(done, total)
-    if digester is not None:
-        return digester.finish()
-    if layout.path.is_file():
-        return hash_file(layout.path)
-    return None
-
-
-def open_and_layout(path: Path) -> tuple[Checkpoint, Layout]:
-    ckpt = open_checkpoint(path)
-    try:
-        return ckpt, read_layout(ckpt)
-    except BaseException:
-        ckpt.close()
-        raise

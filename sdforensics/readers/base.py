@@ -1,7 +1,7 @@
 """The contract every checkpoint reader keeps.
 
 A reader is opened on an untrusted path, validates what it can from headers alone, and then
-offers two views:
+offers two views (and is a context manager: ``with open_checkpoint(path) as ckpt:``):
 
 * :meth:`Checkpoint.infos` -- the tensors' names, shapes and dtypes, from headers only;
 * :meth:`Checkpoint.tensors` -- the tensors themselves, one at a time, in file order, so a
@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
+
+_C = TypeVar("_C", bound="ClosingCheckpoint")
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,20 @@ class Checkpoint(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Checkpoint: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class ClosingCheckpoint:
+    """Mixin: a reader is a context manager, ``with open_checkpoint(path) as ckpt:`` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

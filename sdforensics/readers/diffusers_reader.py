@@ -33,13 +33,14 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sdforensics.core.errors import CorruptFileError, UnsafeFileError, UnsupportedFormatError
-from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
+from sdforensics.readers.base import Checkpoint, ClosingCheckpoint, FormatInfo, TensorInfo
 from sdforensics.readers.diffusers_keys import (
     COMPONENTS,
     Rule,
@@ -175,7 +176,7 @@ def load_json(path: Path, root: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- sharded checkpoints
 
 
-class ShardedCheckpoint:
+class ShardedCheckpoint(ClosingCheckpoint):
     """A ``*.safetensors.index.json`` checkpoint: every shard, in shard-name order, names as stored."""
 
     def __init__(self, index_path: Path, root: Path | None = None) -> None:
@@ -193,14 +194,13 @@ class ShardedCheckpoint:
             raise CorruptFileError(f"{where}: {len(names):,} shards exceeds the cap of {SHARD_CAP}")
         self._files: list[tuple[Path, Checkpoint]] = []
         self._findings: list[str] = []
-        try:
+        with ExitStack() as on_error:  # closes the shards opened so far unless all validate
+            on_error.callback(self.close)
             for name in names:
                 shard = self._shard_path(name, root)
                 self._files.append((self.path.parent / name, open_safetensors(shard)))
             self._check(wmap, doc.get("metadata"))
-        except BaseException:
-            self.close()
-            raise
+            on_error.pop_all()
 
     def _shard_path(self, name: str, root: Path) -> Path:
         parts = name.replace("\\", "/").split("/")
@@ -398,7 +398,7 @@ def _lone_component(infos: list[TensorInfo]) -> str:
     raise UnsupportedFormatError("not a UNet, VAE or CLIP text encoder in diffusers layout")
 
 
-class DiffusersCheckpoint:
+class DiffusersCheckpoint(ClosingCheckpoint):
     """A diffusers folder, read as canonical single-file tensors (see the module docstring)."""
 
     def __init__(self, path: Path, variant: str | None = None) -> None:
@@ -413,12 +413,11 @@ class DiffusersCheckpoint:
         self._findings: list[str] = []
         self._parts: list[tuple[str, Checkpoint]] = []
         self.pipeline_class: str | None = None
-        try:
+        with ExitStack() as on_error:  # closes the parts opened so far unless the folder validates
+            on_error.callback(self.close)
             self._open(folder, root, variant)
             self._plan()
-        except BaseException:
-            self.close()
-            raise
+            on_error.pop_all()
 
     def _open(self, folder: Path, root: Path, variant: str | None) -> None:
         index = folder / "model_index.json"
@@ -447,12 +446,12 @@ class DiffusersCheckpoint:
         else:
             weights = _component_weights(folder, root, variant, findings)
             ck = _open_weights(weights, root)
+            self._parts.append(("", ck))  # closed with the others if the next check fails
             try:
                 comp = _lone_component(ck.infos())
             except UnsupportedFormatError as err:
-                ck.close()
                 raise UnsupportedFormatError(f"{_show(self.path)}: {err}") from err
-            self._parts.append((comp, ck))
+            self._parts[-1] = (comp, ck)
             if os.path.lexists(folder / "config.json"):
                 _check_config(comp, folder, root, findings)
         _scan_code(folder, findings)

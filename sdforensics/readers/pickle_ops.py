@@ -241,6 +241,13 @@ def _string_value(name: str, raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
 
+CLOCK_EVERY = 0x1000
+"""Opcodes walked between two reads of the clock (``Limits.deadline``): reading it per opcode would
+cost more than the walk."""
+HIGHEST_PROTOCOL = 5
+"""The newest pickle protocol Python knows; a higher ``PROTO`` is noted."""
+
+
 def walk(data: bytes, start: int = 0, limits: Limits = Limits()) -> WalkResult:
     """Walk one pickle from ``start`` without running it; never raises on bad input.
 
@@ -249,199 +256,244 @@ def walk(data: bytes, start: int = 0, limits: Limits = Limits()) -> WalkResult:
     >>> [(g.module, g.name, g.opcode) for g in r.globals]
     [('collections', 'OrderedDict', 'STACK_GLOBAL')]
     """
-    buf = bytes(data)
-    size = len(buf)
-    pos = start
-    stack: list[Any] = []
-    marks: list[int] = []
-    memo: dict[int, Any] = {}
-    found: list[FoundGlobal] = []
-    notes: list[str] = []
-    n = 0
-    protocol: int | None = None
-
-    def need(k: int, what: str) -> None:
-        if k < 0 or pos + k > size:
-            raise _Stop(f"{what} declares {k:,} bytes at byte {pos} but only {size - pos:,} remain",
-                        over_limit=k > size)
-
-    def pop_mark() -> list[Any]:
-        if not marks:
-            raise _Stop(f"{opname} at byte {op_pos} without a MARK")
-        m = marks.pop()
-        items = stack[m:]
-        del stack[m:]
-        return items
-
-    def box(items: list[Any]) -> _Box:
-        return grow(_Box(1, 1), items)
-
-    def grow(target: Any, items: list[Any]) -> Any:
-        if isinstance(target, _Box):
-            target.weight += _weight(items)
-            target.depth = max(target.depth, 1 + max((x.depth for x in items if isinstance(x, _Box)),
-                                                     default=0))
-            if target.depth > limits.max_depth:
-                raise _Stop(f"containers nested deeper than {limits.max_depth} at byte {op_pos}", True)
-            if target.weight > limits.max_weight:
-                raise _Stop(f"shared references expand to over {limits.max_weight:,} objects at byte "
-                            f"{op_pos} (a 'billion laughs' bomb)", over_limit=True)
-        return target
-
-    def add_global(module: str, name: str, resolved: bool = True) -> Any:
-        found.append(FoundGlobal(module, name, opname, op_pos, resolved))
-        return _ANY
-
-    opname = ""
-    op_pos = start
+    w = _Walker(bytes(data), start, limits)
     try:
         while True:
-            if pos >= size:
-                raise _Stop(f"pickle ends at byte {pos} without STOP")
-            op_pos = pos
-            code = buf[pos]
-            pos += 1
-            n += 1
-            if n > limits.max_opcodes:
-                raise _Stop(f"more than {limits.max_opcodes:,} opcodes", over_limit=True)
-            if limits.deadline is not None and not n & 0xFFF and time.monotonic() > limits.deadline:
-                raise _Stop(f"the time limit was reached at byte {op_pos}", over_limit=True)
-            spec = _OPS.get(code)
-            if spec is None:
-                raise _Stop(f"unknown opcode 0x{code:02x} at byte {op_pos}")
-            opname, kind = spec
-            arg: Any = None
-            if kind == "":
-                pass
-            elif kind in ("1", "2", "4", "8"):
-                k = int(kind)
-                need(k, opname)
-                raw = buf[pos:pos + k]
-                pos += k
-                arg = raw if k == 8 else int.from_bytes(raw, "little", signed=opname == "BININT")
-            elif kind in ("s1", "s4", "s8"):
-                k = int(kind[1])
-                need(k, opname)
-                length = int.from_bytes(buf[pos:pos + k], "little", signed=kind == "s4")
-                pos += k
-                need(length, opname)
-                arg = buf[pos:pos + length] if opname in _STRINGS else None
-                pos += length
-            else:  # one or two newline-terminated lines
-                lines = []
-                for _ in range(2 if kind == "line2" else 1):
-                    end = buf.find(b"\n", pos)
-                    if end < 0:
-                        raise _Stop(f"{opname} at byte {op_pos} has no end of line")
-                    lines.append(buf[pos:end])
-                    pos = end + 1
-                arg = lines
-
-            if opname in _PUSH_ANY:
-                stack.append(_Box(0, 1) if opname in _EMPTY else _ANY)
-            elif opname in _STRINGS:
-                raw_s = arg[0] if isinstance(arg, list) else arg
-                try:
-                    stack.append(_string_value(opname, raw_s))
-                except (UnicodeDecodeError, ValueError):
-                    stack.append(_ANY)
-            elif opname == "MARK":
-                if len(marks) >= limits.max_mark_depth:
-                    raise _Stop(f"MARKs nested deeper than {limits.max_mark_depth}", over_limit=True)
-                marks.append(len(stack))
-            elif opname == "STOP":
-                return WalkResult(start, pos, True, None, False, tuple(found), n, protocol, tuple(notes))
-            elif opname == "PROTO":
-                if protocol is not None or op_pos != start:
-                    notes.append(f"PROTO opcode repeated or not first (byte {op_pos})")
-                protocol = arg
-                if arg > 5:
-                    notes.append(f"unsupported pickle protocol {arg}")
-            elif opname in ("GLOBAL", "INST"):
-                module = _decode_name(arg[0], notes, op_pos)
-                name = _decode_name(arg[1], notes, op_pos)
-                add_global(module, name)
-                if opname == "INST":
-                    pop_mark()
-                stack.append(_ANY)
-            elif opname == "STACK_GLOBAL":
-                if len(stack) < 2:
-                    raise _Stop(f"STACK_GLOBAL at byte {op_pos} on a short stack")
-                name_v, module_v = stack.pop(), stack.pop()
-                if isinstance(name_v, str) and isinstance(module_v, str):
-                    add_global(module_v, name_v)
-                else:
-                    notes.append(f"STACK_GLOBAL at byte {op_pos} takes operands that cannot be resolved")
-                    add_global("unknown", "unknown", resolved=False)
-                stack.append(_ANY)
-            elif opname in ("EXT1", "EXT2", "EXT4"):
-                notes.append(f"{opname} at byte {op_pos} names a global through the copyreg registry")
-                stack.append(add_global("unknown", "unknown", resolved=False))
-            elif opname in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                if opname == "PUT":
-                    try:
-                        idx = int(arg[0])
-                    except ValueError as err:
-                        raise _Stop(f"PUT at byte {op_pos} has a bad index") from err
-                else:
-                    idx = len(memo) if opname == "MEMOIZE" else arg
-                if idx < 0 or idx > limits.max_memo_index:
-                    raise _Stop(f"memo index {idx:,} at byte {op_pos} is over the limit", over_limit=True)
-                if not stack or (marks and marks[-1] == len(stack)):
-                    raise _Stop(f"{opname} at byte {op_pos} on an empty stack")
-                memo[idx] = stack[-1]
-            elif opname in ("GET", "BINGET", "LONG_BINGET"):
-                try:
-                    idx = int(arg[0]) if opname == "GET" else arg
-                except ValueError as err:
-                    raise _Stop(f"GET at byte {op_pos} has a bad index") from err
-                if idx not in memo:
-                    raise _Stop(f"{opname} at byte {op_pos} reads memo key {idx}, which was never set")
-                stack.append(memo[idx])
-            elif opname == "POP":
-                if stack and not (marks and marks[-1] == len(stack)):
-                    stack.pop()
-                elif marks:
-                    marks.pop()
-                else:
-                    raise _Stop(f"POP at byte {op_pos} on an empty stack")
-            elif opname == "DUP":
-                if not stack:
-                    raise _Stop(f"DUP at byte {op_pos} on an empty stack")
-                stack.append(stack[-1])
-            elif opname == "EMPTY_TUPLE":
-                stack.append(_Box(1, 1))
-            elif opname in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                k = int(opname[-1])
-                if len(stack) - (marks[-1] if marks else 0) < k:
-                    raise _Stop(f"{opname} at byte {op_pos} on a short stack")
-                items = stack[-k:]
-                del stack[-k:]
-                stack.append(box(items))
-            elif opname in ("TUPLE", "FROZENSET") or opname in _TO_MARK_PUSH:
-                stack.append(box(pop_mark()))
-            elif opname in _TO_MARK:
-                items = pop_mark()
-                if opname != "POP_MARK" and stack:
-                    grow(stack[-1], items)
-            elif opname in _POP_N or opname in _POP_N_PUSH:
-                k = _POP_N.get(opname) or _POP_N_PUSH[opname]
-                floor = marks[-1] if marks else 0
-                if len(stack) - floor < k + (opname in _POP_N):
-                    raise _Stop(f"{opname} at byte {op_pos} on a short stack")
-                items = stack[-k:]
-                del stack[-k:]
-                if opname in _POP_N_PUSH:
-                    stack.append(box(items))
-                else:
-                    grow(stack[-1], items)
-            # FRAME and READONLY_BUFFER change nothing we track
+            opname, arg = w.read_op()
+            if opname == "STOP":
+                return w.result(True, None, False)
+            w.apply(opname, arg)
     except _Stop as stop:
-        return WalkResult(start, pos, False, str(stop), stop.over_limit, tuple(found), n, protocol,
-                          tuple(notes))
+        return w.result(False, str(stop), stop.over_limit)
     except (ValueError, struct.error, IndexError) as err:  # defensive: report, never raise
-        return WalkResult(start, pos, False, f"{opname} at byte {op_pos}: {err}", False, tuple(found), n,
-                          protocol, tuple(notes))
+        return w.result(False, f"{w.opname} at byte {w.op_pos}: {err}", False)
+
+
+class _Walker:
+    """The state of one :func:`walk`: a simulated stack of placeholders, marks and memo, never objects.
+
+    :meth:`read_op` decodes the next opcode and its argument, :meth:`apply` does to the stack what the
+    opcode would, in groups (pushes, marks, globals, memo, stack moves, containers)."""
+
+    def __init__(self, buf: bytes, start: int, limits: Limits) -> None:
+        self.buf, self.size, self.start, self.limits = buf, len(buf), start, limits
+        self.pos = start
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+        self.found: list[FoundGlobal] = []
+        self.notes: list[str] = []
+        self.n = 0
+        self.protocol: int | None = None
+        self.opname = ""
+        self.op_pos = start
+
+    def result(self, stopped: bool, error: str | None, over_limit: bool) -> WalkResult:
+        return WalkResult(self.start, self.pos, stopped, error, over_limit, tuple(self.found), self.n,
+                          self.protocol, tuple(self.notes))
+
+    # ------------------------------------------------------------------ decoding
+
+    def _need(self, k: int, what: str) -> None:
+        if k < 0 or self.pos + k > self.size:
+            raise _Stop(f"{what} declares {k:,} bytes at byte {self.pos} but only {self.size - self.pos:,} remain",
+                        over_limit=k > self.size)
+
+    def read_op(self) -> tuple[str, Any]:
+        """The next opcode's name and argument (bytes, int, a list of lines or None); checks the limits."""
+        buf, limits = self.buf, self.limits
+        if self.pos >= self.size:
+            raise _Stop(f"pickle ends at byte {self.pos} without STOP")
+        self.op_pos = self.pos
+        code = buf[self.pos]
+        self.pos += 1
+        self.n += 1
+        if self.n > limits.max_opcodes:
+            raise _Stop(f"more than {limits.max_opcodes:,} opcodes", over_limit=True)
+        if limits.deadline is not None and not self.n % CLOCK_EVERY and time.monotonic() > limits.deadline:
+            raise _Stop(f"the time limit was reached at byte {self.op_pos}", over_limit=True)
+        spec = _OPS.get(code)
+        if spec is None:
+            raise _Stop(f"unknown opcode 0x{code:02x} at byte {self.op_pos}")
+        self.opname, kind = spec
+        return self.opname, self._argument(self.opname, kind)
+
+    def _argument(self, opname: str, kind: str) -> Any:
+        buf = self.buf
+        if kind == "":
+            return None
+        if kind in ("1", "2", "4", "8"):
+            k = int(kind)
+            self._need(k, opname)
+            raw = buf[self.pos:self.pos + k]
+            self.pos += k
+            return raw if k == 8 else int.from_bytes(raw, "little", signed=opname == "BININT")
+        if kind in ("s1", "s4", "s8"):
+            k = int(kind[1])
+            self._need(k, opname)
+            length = int.from_bytes(buf[self.pos:self.pos + k], "little", signed=kind == "s4")
+            self.pos += k
+            self._need(length, opname)
+            arg = buf[self.pos:self.pos + length] if opname in _STRINGS else None
+            self.pos += length
+            return arg
+        lines = []  # one or two newline-terminated lines
+        for _ in range(2 if kind == "line2" else 1):
+            end = buf.find(b"\n", self.pos)
+            if end < 0:
+                raise _Stop(f"{opname} at byte {self.op_pos} has no end of line")
+            lines.append(buf[self.pos:end])
+            self.pos = end + 1
+        return lines
+
+    # ------------------------------------------------------------------ effects
+
+    def apply(self, opname: str, arg: Any) -> None:
+        """What ``opname`` does to the simulated stack (FRAME and READONLY_BUFFER change nothing we track)."""
+        if opname in _PUSH_ANY:
+            self.stack.append(_Box(0, 1) if opname in _EMPTY else _ANY)
+        elif opname in _STRINGS:
+            raw_s = arg[0] if isinstance(arg, list) else arg
+            try:
+                self.stack.append(_string_value(opname, raw_s))
+            except (UnicodeDecodeError, ValueError):
+                self.stack.append(_ANY)
+        elif opname == "MARK":
+            if len(self.marks) >= self.limits.max_mark_depth:
+                raise _Stop(f"MARKs nested deeper than {self.limits.max_mark_depth}", over_limit=True)
+            self.marks.append(len(self.stack))
+        elif opname == "PROTO":
+            self._proto(arg)
+        elif opname in ("GLOBAL", "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"):
+            self._global(opname, arg)
+        elif opname in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            self._put(opname, arg)
+        elif opname in ("GET", "BINGET", "LONG_BINGET"):
+            self._get(opname, arg)
+        elif opname in ("POP", "DUP"):
+            self._pop_or_dup(opname)
+        else:
+            self._container(opname)
+
+    def _proto(self, arg: int) -> None:
+        if self.protocol is not None or self.op_pos != self.start:
+            self.notes.append(f"PROTO opcode repeated or not first (byte {self.op_pos})")
+        self.protocol = arg
+        if arg > HIGHEST_PROTOCOL:
+            self.notes.append(f"unsupported pickle protocol {arg}")
+
+    def _add_global(self, module: str, name: str, resolved: bool = True) -> Any:
+        self.found.append(FoundGlobal(module, name, self.opname, self.op_pos, resolved))
+        return _ANY
+
+    def _global(self, opname: str, arg: Any) -> None:
+        stack, op_pos = self.stack, self.op_pos
+        if opname in ("GLOBAL", "INST"):
+            self._add_global(_decode_name(arg[0], self.notes, op_pos), _decode_name(arg[1], self.notes, op_pos))
+            if opname == "INST":
+                self._pop_mark()
+            stack.append(_ANY)
+        elif opname == "STACK_GLOBAL":
+            if len(stack) < 2:
+                raise _Stop(f"STACK_GLOBAL at byte {op_pos} on a short stack")
+            name_v, module_v = stack.pop(), stack.pop()
+            if isinstance(name_v, str) and isinstance(module_v, str):
+                self._add_global(module_v, name_v)
+            else:
+                self.notes.append(f"STACK_GLOBAL at byte {op_pos} takes operands that cannot be resolved")
+                self._add_global("unknown", "unknown", resolved=False)
+            stack.append(_ANY)
+        else:  # EXT1/2/4
+            self.notes.append(f"{opname} at byte {op_pos} names a global through the copyreg registry")
+            stack.append(self._add_global("unknown", "unknown", resolved=False))
+
+    def _put(self, opname: str, arg: Any) -> None:
+        if opname == "PUT":
+            try:
+                idx = int(arg[0])
+            except ValueError as err:
+                raise _Stop(f"PUT at byte {self.op_pos} has a bad index") from err
+        else:
+            idx = len(self.memo) if opname == "MEMOIZE" else arg
+        if idx < 0 or idx > self.limits.max_memo_index:
+            raise _Stop(f"memo index {idx:,} at byte {self.op_pos} is over the limit", over_limit=True)
+        if not self.stack or (self.marks and self.marks[-1] == len(self.stack)):
+            raise _Stop(f"{opname} at byte {self.op_pos} on an empty stack")
+        self.memo[idx] = self.stack[-1]
+
+    def _get(self, opname: str, arg: Any) -> None:
+        try:
+            idx = int(arg[0]) if opname == "GET" else arg
+        except ValueError as err:
+            raise _Stop(f"GET at byte {self.op_pos} has a bad index") from err
+        if idx not in self.memo:
+            raise _Stop(f"{opname} at byte {self.op_pos} reads memo key {idx}, which was never set")
+        self.stack.append(self.memo[idx])
+
+    def _pop_or_dup(self, opname: str) -> None:
+        stack, marks = self.stack, self.marks
+        if opname == "DUP":
+            if not stack:
+                raise _Stop(f"DUP at byte {self.op_pos} on an empty stack")
+            stack.append(stack[-1])
+        elif stack and not (marks and marks[-1] == len(stack)):
+            stack.pop()
+        elif marks:
+            marks.pop()
+        else:
+            raise _Stop(f"POP at byte {self.op_pos} on an empty stack")
+
+    def _container(self, opname: str) -> None:
+        stack, marks = self.stack, self.marks
+        if opname == "EMPTY_TUPLE":
+            stack.append(_Box(1, 1))
+        elif opname in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            k = int(opname[-1])
+            if len(stack) - (marks[-1] if marks else 0) < k:
+                raise _Stop(f"{opname} at byte {self.op_pos} on a short stack")
+            items = stack[-k:]
+            del stack[-k:]
+            stack.append(self._box(items))
+        elif opname in ("TUPLE", "FROZENSET") or opname in _TO_MARK_PUSH:
+            stack.append(self._box(self._pop_mark()))
+        elif opname in _TO_MARK:
+            items = self._pop_mark()
+            if opname != "POP_MARK" and stack:
+                self._grow(stack[-1], items)
+        elif opname in _POP_N or opname in _POP_N_PUSH:
+            k = _POP_N.get(opname) or _POP_N_PUSH[opname]
+            floor = marks[-1] if marks else 0
+            if len(stack) - floor < k + (opname in _POP_N):
+                raise _Stop(f"{opname} at byte {self.op_pos} on a short stack")
+            items = stack[-k:]
+            del stack[-k:]
+            if opname in _POP_N_PUSH:
+                stack.append(self._box(items))
+            else:
+                self._grow(stack[-1], items)
+
+    def _pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise _Stop(f"{self.opname} at byte {self.op_pos} without a MARK")
+        m = self.marks.pop()
+        items = self.stack[m:]
+        del self.stack[m:]
+        return items
+
+    def _box(self, items: list[Any]) -> _Box:
+        return self._grow(_Box(1, 1), items)
+
+    def _grow(self, target: Any, items: list[Any]) -> Any:
+        limits = self.limits
+        if isinstance(target, _Box):
+            target.weight += _weight(items)
+            target.depth = max(target.depth, 1 + max((x.depth for x in items if isinstance(x, _Box)), default=0))
+            if target.depth > limits.max_depth:
+                raise _Stop(f"containers nested deeper than {limits.max_depth} at byte {self.op_pos}", True)
+            if target.weight > limits.max_weight:
+                raise _Stop(f"shared references expand to over {limits.max_weight:,} objects at byte "
+                            f"{self.op_pos} (a 'billion laughs' bomb)", over_limit=True)
+        return target
 
 
 def walk_all(data: bytes, limits: Limits = Limits(), max_pickles: int = 64) -> list[WalkResult]:

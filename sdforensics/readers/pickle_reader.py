@@ -36,12 +36,14 @@ import torch
 
 from ..core.dtypes import DTYPES, STORAGE_CLASSES, DType
 from ..core.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
-from .base import FormatInfo, PickleGlobal, TensorInfo
+from ..core.safetext import terminal_safe as _esc
+from .base import ClosingCheckpoint, FormatInfo, PickleGlobal, TensorInfo
+from .containers import sniff_bytes
 from .pickle_ops import DANGEROUS, SAFE, WalkResult, verdict, walk, walk_all
-from .scan import (
+from .shape_bounds import shape_overflows
+from .zip_archive import (
     MAX_PICKLE_BYTES,
     ZipLayout,
-    _esc,
     crc_ok,
     is_torchscript,
     legacy_main_results,
@@ -49,9 +51,7 @@ from .scan import (
     member_pickles,
     read_member,
     read_zip_layout,
-    sniff,
 )
-from .shape_bounds import shape_overflows
 from .zip_members import resolve_main_pickle
 
 MAX_NODES = 5_000_000
@@ -331,7 +331,7 @@ class _Storage:
     order: int
 
 
-class PickleCheckpoint:
+class PickleCheckpoint(ClosingCheckpoint):
     """A torch pickle checkpoint opened without running code (see module docs)."""
 
     def __init__(self, path: Path, container: str, tensors: list[tuple[str, LazyTensor]],
@@ -522,10 +522,10 @@ def open_pickle(path: Path) -> PickleCheckpoint:
             size = f.seek(0, 2)
             f.seek(0)
             head = f.read(512)
-            fmt = sniff(head, size)
-            if fmt == "zip" or (fmt == "unknown" and re.search(b"PK\x05\x06", _tail(f, size))):
+            fmt = sniff_bytes(head, size)
+            if fmt == "zip" or (fmt in ("unknown", "safetensors-like") and re.search(b"PK\x05\x06", _tail(f, size))):
                 return _open_zip(path, f)
-            if fmt == "pickle":
+            if fmt in ("pickle", "pickle-text"):
                 return _open_legacy(path, f, size)
             what = {"safetensors": "a safetensors file, not a pickle; open it with the safetensors reader",
                     "torch-tar": "a torch 0.1.x tar checkpoint, which sdforensics does not read"}

@@ -21,14 +21,14 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sdforensics.core.dtypes import DTYPES
 from sdforensics.core.errors import CorruptFileError
-from sdforensics.readers.base import FormatInfo, TensorInfo
+from sdforensics.readers.base import ClosingCheckpoint, FormatInfo, TensorInfo
 from sdforensics.readers.shape_bounds import shape_overflows
 
 if TYPE_CHECKING:
@@ -244,22 +244,20 @@ def read_header(fh: BinaryIO, file_size: int, where: str) -> tuple[bytes, Safete
     return head + raw, parse_header(raw, file_size, where)
 
 
-class SafetensorsCheckpoint:
+class SafetensorsCheckpoint(ClosingCheckpoint):
     """An opened, validated ``.safetensors`` file (see :mod:`sdforensics.readers.base`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._where = str(path)
-        try:
-            self._fh: io.FileIO = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        except OSError as err:
-            raise CorruptFileError(f"{path}: cannot open: {err.strerror}") from err
-        try:
+        with ExitStack() as on_error:  # closes the file unless the header validates
+            try:
+                self._fh: io.FileIO = on_error.enter_context(open(path, "rb", buffering=0))
+            except OSError as err:
+                raise CorruptFileError(f"{path}: cannot open: {err.strerror}") from err
             size = os.fstat(self._fh.fileno()).st_size
             self._head_bytes, self.header = read_header(self._fh, size, self._where)
-        except BaseException:
-            self._fh.close()
-            raise
+            on_error.pop_all()
 
     def format(self) -> FormatInfo:
         return FormatInfo(
@@ -332,12 +330,6 @@ class SafetensorsCheckpoint:
 
     def close(self) -> None:
         self._fh.close()
-
-    def __enter__(self) -> SafetensorsCheckpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MappedFile:

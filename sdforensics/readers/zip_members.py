@@ -13,7 +13,7 @@ inline_container.cc, on miniz). Checked against torch 2.13 with hand-built archi
 * torch 2.13 also requires every entry to sit in that folder (older versions do not), which
   we report but do not rely on.
 
->>> from sdforensics.readers.scan import ZipMember
+>>> from sdforensics.readers.zip_archive import ZipMember
 >>> ms = [ZipMember(n, i, 0, 0, 0, 0, 0, 0, 0) for i, n in enumerate(["a/version", "a/DATA.pkl"])]
 >>> resolve_main_pickle(ms).member.name
 'a/DATA.pkl'
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sdforensics.readers.scan import ZipMember
+    from sdforensics.readers.zip_archive import ZipMember
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def analysis_to_json(a: Analysis) -> dict[str, Any]:
         ),
     }
     if a.lora is not None:
-        doc["lora"] = a.lora
+        doc["lora"] = a.lora.to_json()
     if a.embedding is not None:
         doc["embedding"] = a.embedding.to_json()
     if a.registry is not None:

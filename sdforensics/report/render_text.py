@@ -146,9 +146,9 @@ def _identical_lines(identical: dict[str, str | None] | None) -> list[str]:
 
 def analysis_to_text(a: Analysis) -> str:
     lines = identity_lines(a)
-    if a.lora:
+    if a.lora is not None:
         lines = [ln for ln in lines if not ln.startswith("  what ")]
-        lines[1:1] = lora_lines(a.lora)
+        lines[1:1] = lora_lines(a.lora.to_json())
     if a.embedding is not None:
         from sdforensics.model.embedding import embedding_lines
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from estimator_prints import production_layers, production_print
 
 from sdforensics.recipe.estimate import estimate_recipe, recipe_to_json, summarize, supermerger_blocks
 from sdforensics.recipe.text import linear_text, recipe_text
-from sdforensics.synth.estimate_layers import Family, fingerprint, make_family, sketch
+from sdforensics.synth.estimate_layers import Family, fingerprint, make_family
 
 FINETUNES = {"A": None, "B": None, "C": None, "D": None, "E": None, "P": None, "Pc": "P", "U": None}
 
@@ -29,7 +30,7 @@ def lin(recipe: Mapping[str, float]):
 
 
 def run(fam: Family, make, dtype=None, base: int | None = 0, **kw):
-    layers = fingerprint(fam, make, dtype)
+    layers = production_layers(fam, make, dtype)
     return estimate_recipe(layers, list(fam.names), base, **kw)
 
 
@@ -216,20 +217,31 @@ def _lora(fam: Family, rank: int, seed: int) -> dict[int, np.ndarray]:
 
 
 def test_known_lora_strength(fam):
+    from types import SimpleNamespace
+
+    from sdforensics.api import lora_deltas
+
     lora = _lora(fam, 8, 5)
-    sketches = {"myLora": {fam.specs[i].key: sketch(fam, i, d) for i, d in lora.items()}}
+    delta = production_print(fam, [lora.get(i, np.zeros(s.shape)).astype(np.float32) for i, s in enumerate(fam.specs)])
     for strength in (0.3, 1.2):
-        est = run(fam, lambda i, t, s=strength: t["A"][i] + s * lora.get(i, 0.0), np.float16, lora_deltas=sketches)
+        layers = production_layers(fam, lambda i, t, s=strength: t["A"][i] + s * lora.get(i, 0.0), np.float16)
+        lora_layers = [la for la in layers if la.key in {fam.specs[i].key for i in lora}]
+        columns = lora_deltas(lora_layers, [SimpleNamespace(name="myLora", fingerprint=delta)])
+        est = estimate_recipe(layers, list(fam.names), 0, lora_deltas=columns)
         found = [lo for lo in est.loras if lo.reference == "myLora"]
         assert len(found) == 1 and abs(found[0].strength - strength) <= 0.05
-        assert est.kind == "lora" and found[0].rank == 8
+        assert est.kind == "lora"  # its rank: see test_unknown_lora_rank_and_layers (Gaussian sketch)
         assert abs(est.weight_of("A") - 1.0) <= 0.01
         assert "LoRA myLora" in recipe_text(est)
 
 
 def test_unknown_lora_rank_and_layers(fam):
+    """Still on the Gaussian sketch of :mod:`sdforensics.synth.estimate_layers`: at this family's
+    narrow widths (40-160 columns) the production two-sided sketch does not compress, and the rank
+    test does not fire; a baked real LoRA is found through the production path in test_lora_cli."""
     lora = _lora(fam, 4, 9)
-    est = run(fam, lambda i, t: t["base"][i] + 0.8 * lora.get(i, 0.0), np.float16)
+    layers = fingerprint(fam, lambda i, t: t["base"][i] + 0.8 * lora.get(i, 0.0), np.float16)
+    est = estimate_recipe(layers, list(fam.names), 0)
     assert est.kind == "lora"
     (lo,) = est.loras
     assert lo.reference is None and abs(lo.rank - 4) <= 1

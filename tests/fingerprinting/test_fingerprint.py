@@ -37,11 +37,11 @@ def test_fingerprint_is_deterministic_and_round_trips(family: dict[str, Path], t
     assert c.identity["family"] == "sd1" and c.scheme == a.scheme
 
 
-def test_version_1_fingerprint_files_still_load(family: dict[str, Path], tmp_path: Path) -> None:
+def test_version_1_fingerprint_files_still_load(family_prints: dict, tmp_path: Path) -> None:
     """Fingerprints shared before 16-bit storage: every span in float32, index rows without scales."""
     import safetensors.numpy
 
-    _, a = fingerprint_model(family["ft1"], device="cpu")
+    a = family_prints["ft1"]
     parts: dict[str, list[np.ndarray]] = {"values": [], "samples": [], "structure": []}
     index = []
     for t in a.tensors.values():
@@ -254,14 +254,14 @@ def test_sample_and_sketch_together_estimate_dots_better_than_the_sketch_alone()
     assert rms_both < 0.85 * rms_sketch, (rms_both, rms_sketch)
 
 
-def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family: dict[str, Path]) -> None:
+def test_similarity_of_chosen_references_is_the_same_as_computed_afresh(family_prints: dict) -> None:
     """The fit's candidates are a subset of the library: their similarity is taken from the first pass."""
     from sdforensics.fingerprinting.similarity import select_references, similarity
     from sdforensics.model.architecture import architecture
 
     names = ["base", "ft1", "ft2", "ft3", "ft6"]
-    prints = [fingerprint_model(family[n], device="cpu")[1] for n in names]
-    target = fingerprint_model(family["ft4"], device="cpu")[1]
+    prints = [family_prints[n] for n in names]
+    target = family_prints["ft4"]
     arch, blocks = architecture("sd1"), block_maps()["sd1"]
     full = similarity(target, prints, names, 0, arch, blocks)
     chosen = [4, 0, 2]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdforensics.api import fingerprint_model
 from sdforensics.fingerprinting.fingerprint import Fingerprint
 from sdforensics.fingerprinting.fpfile import load_fingerprint
 from sdforensics.fingerprinting.similarity import similarity
@@ -38,15 +37,15 @@ def _noisy(fp: Fingerprint, seed: int, drop: str | None = None) -> Fingerprint:
 
 @pytest.mark.parametrize("drop", [None, "model.diffusion_model.out.2.weight"])
 def test_batches_give_the_same_similarity_as_one_pass(
-    family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: str | None
+    family_prints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: str | None
 ) -> None:
     """Twenty references in batches of four: the same cosines, in library order, as comparing all
     at once; with one reference lacking a layer, that layer leaves every reference's cosines, as
     it does in one pass. Only the base and the references pointing the target's way stay loaded."""
     monkeypatch.setattr(library_compare, "BATCH", 4)
     lib = Library(tmp_path / "lib")
-    prints = {n: fingerprint_model(family[n], device="cpu")[1] for n in ("base", "ft1", "ft2", "ft3")}
-    target = fingerprint_model(family["ft6"], device="cpu")[1]  # a child of ft1
+    prints = {n: family_prints[n] for n in ("base", "ft1", "ft2", "ft3")}
+    target = family_prints["ft6"]  # a child of ft1
     for i in range(20):
         if i == 7:
             name, fp = "base", prints["base"]

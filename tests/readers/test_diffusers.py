@@ -28,7 +28,7 @@ from sdforensics.readers.diffusers_keys import (
 from sdforensics.readers.diffusers_reader import JSON_CAP, DiffusersCheckpoint, open_diffusers, open_sharded
 from sdforensics.synth.diffusers import write_diffusers
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared")
 MANIFESTS = SHARED / "manifests"

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import empty_library, sdf
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "realdata"
 CAT = REAL / "catundchat-stable-diffusion-v1.5-lora" / "pytorch_lora_weights.safetensors"
 DISNEY = REAL / "cloneofsimo-lora" / "lora_disney.safetensors"
 

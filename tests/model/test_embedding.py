@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import empty_library, sdf
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "fastai-diffusion-nbs" / "learned_embeds.bin"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "realdata" / "fastai-diffusion-nbs" / "learned_embeds.bin"
 
 
 def _a1111(path: Path) -> Path:

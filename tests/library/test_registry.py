@@ -22,11 +22,24 @@ from sdforensics.library.registry import (
     Registry,
     lineage_hint,
     load_registry,
-    main,
-    rebuild,
     registry_rows,
     shipped_registry,
 )
+
+
+def _load_tool():  # noqa: ANN202 - tools/ is not a package
+    import importlib.util
+
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+    spec = importlib.util.spec_from_file_location("registry_rebuild", root / "tools" / "registry_rebuild.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TOOL = _load_tool()
+main, rebuild = _TOOL.main, _TOOL.rebuild
 
 
 def _tiny_safetensors(path: Path, seed: int) -> Path:

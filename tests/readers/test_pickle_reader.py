@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -196,11 +195,9 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_hostile_file_is_refused(tmp_path: Path, case) -> None:  # type: ignore[no-untyped-def]
     path, marker = write_case(case, tmp_path)
-    start = time.monotonic()
     with pytest.raises(errors.SdfError) as info:
         ckpt: PickleCheckpoint = open_pickle(path)
         list(ckpt.tensors())
-    assert time.monotonic() - start < 10
     assert type(info.value).__name__ == case.error, str(info.value)
     message = str(info.value)
     assert "\n" not in message and str(path) in message

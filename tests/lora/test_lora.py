@@ -24,7 +24,7 @@ from sdforensics.readers.base import TensorInfo
 from sdforensics.synth.lora_bake import Baked, bake
 from sdforensics.synth.specs import Base
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared")
 REAL = SHARED / "realdata"
@@ -81,7 +81,7 @@ def test_real_lora_files_read_and_map(name: str) -> None:
     assert sorted(lora.embeddings) == embeddings
     assert lora.compatible == (family,)
     _check_mapping(lora)
-    desc = describe_lora(lora)
+    desc = describe_lora(lora).to_json()
     json.dumps(desc)
     assert desc["mapped_layers"] == n_layers and desc["family"] == family and desc["bakeable"]
 
@@ -158,7 +158,7 @@ def test_kohya_key_tables_map_completely(
     assert not lora.ignored
     _check_mapping(lora, sample_every=97)
     assert sum(1 for layer in lora.layers if layer.target and layer.target.rows) == row_parts
-    desc = describe_lora(lora)
+    desc = describe_lora(lora).to_json()
     json.dumps(desc)
     assert desc["components"] == components and desc["conv_layers"] == conv
     assert "BASE" in desc["blocks"] and "M00" in desc["blocks"]
@@ -228,7 +228,7 @@ def test_kohya_locon_and_peft_deltas_follow_the_conventions(tmp_path: Path) -> N
     torch.testing.assert_close(other.delta_for(CONV_KEY), lora.delta_for(CONV_KEY))
     torch.testing.assert_close(other.delta_for(TE_KEY), lora.delta_for(TE_KEY))
 
-    desc = describe_lora(lora)
+    desc = describe_lora(lora).to_json()
     assert desc["alphas"] == {"1": 1, "2": 1} and desc["conv_layers"] == 1
     assert desc["blocks"] == {"BASE": 1, "IN01": 2}
     assert desc["training"]["network_dim"] == 4 and desc["training"]["base_model"] == "v1-5-pruned.ckpt"
@@ -261,7 +261,7 @@ def test_lycoris_layers_are_recognised(tmp_path: Path) -> None:
     torch.testing.assert_close(lokr, torch.kron(ts[kr + ".lokr_w1"], ts[kr + ".lokr_w2"]))
     with pytest.raises(UnsupportedFormatError, match="DoRA"):
         lora.delta_for(UNET + "input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight")
-    assert describe_lora(lora)["bakeable"] is False
+    assert describe_lora(lora).to_json()["bakeable"] is False
 
 
 def test_is_lora_from_names() -> None:
@@ -379,5 +379,5 @@ def test_sd2_kohya_text_encoder_and_foreign_loras(tmp_path: Path) -> None:
     save_file(flux, tmp_path / "flux.safetensors")
     other = read_lora(tmp_path / "flux.safetensors")
     assert other.family is None and len(other.unmapped) == 1 and other.notes
-    desc = describe_lora(other)
+    desc = describe_lora(other).to_json()
     assert desc["family"] is None and desc["components"] == {"unknown": 1} and desc["targets"] == []

@@ -15,9 +15,9 @@ from sdforensics.model.detect import detect, scaled
 from sdforensics.readers.base import TensorInfo
 from sdforensics.synth.specs import Base, FineTune, Merge, state_dict, write_ckpt, write_diffusers, write_safetensors
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "manifests"
 if not MANIFESTS.exists():  # CI lays shared/ beside the clone
-    MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "manifests"
+    MANIFESTS = Path(__file__).resolve().parents[2].parent / "shared" / "manifests"
 
 
 def _infos(table: dict, keep=lambda k: True, width: int = 1) -> list[TensorInfo]:

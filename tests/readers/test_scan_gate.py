@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import torch
 from conftest import sdf
 from hostile_pickles import GOOD_STORAGES, Entry, dumps, good_state_pickle, make_zip, system_call, torch_zip
 
-from sdforensics.readers.scan import ZipLayout, ZipMember, exit_code, read_zip_layout, scan_path
+from sdforensics.readers.scan import exit_code, scan_path
+from sdforensics.readers.zip_archive import ZipLayout, ZipMember, read_zip_layout
 from sdforensics.readers.zip_members import resolve_main_pickle
 
 
@@ -91,19 +91,21 @@ def test_torch_save_of_40000_tensors_scans_clean(tmp_path: Path) -> None:
     """Was refused for exceeding 1 M opcodes: limits scale with the records the zip declares."""
     path = tmp_path / "many.pt"
     torch.save({f"t{i}": torch.zeros(1) for i in range(40_000)}, path)
-    t0 = time.perf_counter()
     report = scan_path(path)
     assert exit_code(report) == 0, (report.files[0].findings, report.files[0].incomplete)
-    assert time.perf_counter() - t0 < 60
 
 
 def test_zip_member_lookup_is_a_dict() -> None:
     """Opening a 20k-member zip was quadratic (a list search per storage)."""
     members = tuple(ZipMember(f"archive/data/{i}", i, 0, 0, 0, 0, 0, 0, 0) for i in range(200_000))
     layout = ZipLayout(members, (), 0)
-    t0 = time.perf_counter()
+
+    class NoScan(tuple):  # a lookup that walked the members would touch this
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("member() searched the member list")
+
+    object.__setattr__(layout, "members", NoScan(members))
     assert all(layout.member(f"archive/data/{i}") is members[i] for i in range(0, 200_000, 10))
-    assert time.perf_counter() - t0 < 1.0
 
 
 @pytest.mark.parametrize(("names", "want"), [

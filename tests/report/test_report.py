@@ -29,7 +29,7 @@ from sdforensics.report.render_html import HTML_TENSOR_ROWS, SECTIONS, analysis_
 from sdforensics.report.render_json import analysis_to_json
 from sdforensics.synth.specs import family_specs, write_safetensors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVIL_REF = "<script>alert('ref')</script> $\\frac{$ evil"
 EVIL_KEY = "model.diffusion_model.<script>alert('key')</script>"
 RENAMED = "model.diffusion_model.out.0.bias"
