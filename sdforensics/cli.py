@@ -477,6 +477,75 @@ def refs_build_official(
     _emit(run(go), None)
 
 
+# ---------------------------------------------------------------- index
+
+
+@app.command()
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(metavar="PATH...", help="Model files or folders (searched recursively).")
+    ],
+    library: LibraryOpt = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Files fingerprinted at once.")] = 1,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when a file was skipped (not a model, unreadable, hostile).")
+    ] = False,
+    device: DeviceOpt = Device.cpu,
+    format: ListFormatOpt = ListFormat.text,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fingerprint every model under PATH... into the library; a re-run reads only new or changed files."""
+    from sdforensics.collection.engine import LocalEngine
+    from sdforensics.collection.index import index_paths
+
+    show = _index_progress(quiet)
+    summary = run(lambda: index_paths(paths, _target_library(library), LocalEngine(jobs), show, device.value))
+    if format is ListFormat.json:
+        _emit(json_out.dumps(summary.to_json(), indent=1), None)
+    else:
+        _emit(_index_text(summary), None)
+    if strict and summary.skipped:
+        raise typer.Exit(1)
+
+
+def _index_progress(quiet: bool) -> Callable[[Any], None] | None:
+    """Progress on stderr: redrawn in place on a terminal, one line per file otherwise."""
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(p: Any) -> None:
+        if p.files_total == 0:
+            return
+        eta = f", ETA {p.eta:.0f} s" if p.eta is not None and p.files_done < p.files_total else ""
+        line = (f"index: {p.files_done}/{p.files_total} files, {p.bytes_done / 1e9:.2f}/{p.bytes_total / 1e9:.2f} GB, "
+                f"{p.rate / 1e6:.0f} MB/s{eta}")
+        if p.last is not None and not tty:
+            line += f"  {p.last.status}: {printable(p.last.path, 200)}"
+        typer.echo(("\r" + line + " " * 8) if tty else line, err=True, nl=not tty)
+        if tty and p.files_done == p.files_total:
+            typer.echo("", err=True)
+
+    return show
+
+
+def _index_text(summary: Any) -> str:
+    lines = [f"{len(summary.fingerprinted)} fingerprinted, {summary.unchanged} unchanged, "
+             f"{len(summary.same)} touched (same content), {len(summary.moved)} moved or copied, "
+             f"{len(summary.skipped)} skipped; {summary.files} model files under the paths, "
+             f"library {summary.library} ({summary.seconds:.1f} s)"]
+    lines += [f"added {printable(n, 100)}: {printable(p, 300)}" for p, n in summary.fingerprinted]
+    lines += [f"recognised {printable(p, 300)} as {printable(n, 100)} (by its sha256)" for p, n in summary.moved]
+    not_models = [(p, r) for p, r in summary.skipped if r.startswith("not a model file")]
+    others = [(p, r) for p, r in summary.skipped if not r.startswith("not a model file")]
+    lines += [f"skipped {printable(p, 300)}: {printable(r, 300)}" for p, r in others]
+    if len(not_models) > 10:
+        lines.append(f"skipped {len(not_models)} files that are not model files (listed with --format json)")
+    else:
+        lines += [f"skipped {printable(p, 300)}: {r}" for p, r in not_models]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- synth
 
 

@@ -233,9 +233,10 @@ class Library:
     # ------------------------------------------------------------------ writing
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on the catalog (made first if need be); orphaned fingerprint files of
-        a writer that died are deleted first. The entries are read again afterwards."""
+    def writing(self, sweep: bool = True, reload: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the catalog (made first if need be). ``sweep``: delete the orphaned
+        fingerprint files of a writer that died first; ``reload``: read the entries again afterwards
+        (a bulk writer committing per file turns both off: each costs a pass over the library)."""
         if self.readonly or self.version != catalog.VERSION:
             raise LibraryError(f"{self.folder}: the library folder cannot be written (read-only); copy it to a "
                                "folder you can write, or use --library DIR")
@@ -243,12 +244,16 @@ class Library:
         (self.folder / catalog.FINGERPRINTS).mkdir(exist_ok=True)
         catalog.create(self.folder)
         self._unlink_after = []
+        still: set[str] = set()
         try:
             with catalog.connect(self.folder) as con:
                 with catalog.write(con):
-                    catalog.sweep_orphans(con, self.folder)
+                    if sweep:
+                        catalog.sweep_orphans(con, self.folder)
                     yield con
-                self._entries = self._rows(con)
+                if reload:
+                    self._entries = self._rows(con)
+                still = {str(r[0]) for r in con.execute("SELECT file FROM refs")} if self._unlink_after else set()
         except sqlite3.DatabaseError as err:
             raise LibraryError(f"{self.folder / catalog.CATALOG}: cannot write the library catalog ({err})") from err
         finally:
@@ -256,7 +261,7 @@ class Library:
         # Files the transaction stopped naming: deleted once it is committed (a kill before that
         # leaves an orphan, which the next writer deletes).
         for rel in pending:
-            if rel not in {e.file for e in self._entries}:
+            if rel not in still:
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / rel).unlink()
 
