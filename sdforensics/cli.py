@@ -159,14 +159,17 @@ def _existing_library(library: Path | None) -> None:
                     f"--library {library}')")
 
 
-def _add_reference(lib: Library, fp: Fingerprint, name: str, official: bool) -> RefEntry:
+def _add_reference(lib: Library, fp: Fingerprint, name: str, official: bool, model: Path | None = None) -> RefEntry:
     """Add ``fp`` to ``lib`` as ``name`` (``refs add`` and ``refs import``), first warning on stderr when
-    that replaces a reference or stores a file the library already holds under another name."""
+    that replaces a reference or stores a file the library already holds under another name.
+    ``model``: the file it was made from, recorded in the catalog."""
     from sdforensics.library.refcheck import add_warnings
+    from sdforensics.library.store import source_file
 
     for warning in add_warnings(lib, name, fp.identity):
         typer.echo(f"warning: {printable(warning, 500)}", err=True)
-    return lib.add(fp, name, official=official)
+    src = source_file(model, fp.identity.get("sha256")) if model is not None else None
+    return lib.add(fp, name, official=official, sources=[src] if src else [])
 
 
 def _writable_out(out: Path | None) -> None:
@@ -348,7 +351,7 @@ def refs_add(
         label, fp = fingerprint_any(model, device.value, bar)
         bar.close()
         lib = Library(_target_library(library))
-        entry = _add_reference(lib, fp, name, official)
+        entry = _add_reference(lib, fp, name, official, model)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
         return f"added {kind} {name!r} ({label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"

@@ -25,9 +25,7 @@ from typing import Any
 from sdforensics.core.errors import SdfError
 from sdforensics.core.safetext import printable
 from sdforensics.fingerprinting.fingerprint import Fingerprint, scheme_from_json
-from sdforensics.library.manifest import sha256_file
-
-QUICK_BYTES = 1 << 20
+from sdforensics.library.manifest import quick_signature, sha256_file
 
 
 @dataclass(frozen=True)
@@ -59,17 +57,6 @@ class FileResult:
     fingerprint: Fingerprint | None = None
     seconds: float = 0.0
     bytes_read: int = 0
-
-
-def quick_signature(path: Path, size: int) -> str:
-    """SHA-256 of the size and the first and last MiB: files that differ almost always differ here."""
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(QUICK_BYTES))
-        if size > 2 * QUICK_BYTES:
-            fh.seek(size - QUICK_BYTES)
-        h.update(fh.read(QUICK_BYTES))
-    return h.hexdigest()
 
 
 def run_task(task: FileTask) -> FileResult:

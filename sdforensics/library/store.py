@@ -28,7 +28,7 @@ from sdforensics.fingerprinting.fingerprint import Fingerprint, Scheme, scheme_f
 from sdforensics.fingerprinting.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.fingerprinting.sketch import SCHEME as SIGN_SEED
 from sdforensics.library import catalog, legacy
-from sdforensics.library.manifest import sha256_file, verify_manifest
+from sdforensics.library.manifest import quick_signature, sha256_file, verify_manifest
 from sdforensics.library.shipped import INSTALLED, SOURCE, shipped_registry_dir
 
 INDEX = legacy.INDEX
@@ -369,6 +369,18 @@ def check_scheme(con: sqlite3.Connection, folder: Path, fp: Fingerprint, name: s
             "Fingerprint the model again with 'sdf refs add' or 'sdf index' (they use the library's scheme), "
             "or keep it in another --library."
         )
+
+
+def source_file(path: Path, sha256: str | None) -> SourceFile | None:
+    """The record of a model file (None for a folder, or when it cannot be read or has no hash)."""
+    try:
+        st = Path(path).stat()
+        if not Path(path).is_file() or not sha256:
+            return None
+        return SourceFile(str(Path(path).absolute()), st.st_size, st.st_mtime_ns, sha256,
+                          quick_signature(Path(path), st.st_size))
+    except OSError:
+        return None
 
 
 def put_source(con: sqlite3.Connection, ref_id: int, src: SourceFile) -> None:
