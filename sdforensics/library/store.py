@@ -28,7 +28,7 @@ from sdforensics.fingerprinting.fingerprint import Fingerprint, Scheme, scheme_f
 from sdforensics.fingerprinting.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.fingerprinting.sketch import SCHEME as SIGN_SEED
 from sdforensics.library import catalog, legacy
-from sdforensics.library.manifest import quick_signature, sha256_file, verify_manifest
+from sdforensics.library.manifest import MANIFEST_NAME, quick_signature, sha256_file, verify_manifest
 from sdforensics.library.shipped import INSTALLED, SOURCE, shipped_registry_dir
 
 INDEX = legacy.INDEX
@@ -328,9 +328,9 @@ class Library:
     def verify(self) -> list[str]:
         """Problems between the catalog and the files: damaged catalog, missing, modified or unlisted
         fingerprint files (one line each; empty when all agree)."""
-        if self.version == legacy.V1_VERSION:
-            return verify_manifest(self.folder)
-        if not (self.folder / catalog.CATALOG).exists():
+        if self.version == legacy.V1_VERSION or not (self.folder / catalog.CATALOG).exists():
+            if (self.folder / INDEX).exists() or (self.folder / MANIFEST_NAME).exists():
+                return verify_manifest(self.folder)  # a v1 library, or a registry folder (reference_hashes/)
             return [f"{self.folder}: no library here"]
         problems: list[str] = []
         with self.connect() as con:
