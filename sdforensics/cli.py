@@ -537,7 +537,8 @@ def _index_text(summary: Any) -> str:
              f"{len(summary.same)} touched (same content), {len(summary.moved)} moved or copied, "
              f"{len(summary.skipped)} skipped; {summary.files} model files under the paths, "
              f"library {summary.library} ({summary.seconds:.1f} s)"]
-    lines += [f"added {printable(n, 100)}: {printable(p, 300)}" for p, n in summary.fingerprinted]
+    lines += [f"added {printable(n, 100)}{' (official base)' if n in summary.official else ''}: {printable(p, 300)}"
+              for p, n in summary.fingerprinted]
     lines += [f"recognised {printable(p, 300)} as {printable(n, 100)} (by its sha256)" for p, n in summary.moved]
     not_models = [(p, r) for p, r in summary.skipped if r.startswith("not a model file")]
     others = [(p, r) for p, r in summary.skipped if not r.startswith("not a model file")]

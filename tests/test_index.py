@@ -139,3 +139,18 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_library(family: dict
 def test_index_refuses_a_missing_path(tmp_path: Path) -> None:
     res = sdf("index", tmp_path / "nowhere", "--library", tmp_path / "lib")
     assert res.exit_code == 2 and "nowhere: no such file or folder" in res.stderr
+
+
+def test_an_official_base_the_registry_knows_is_marked_official(family: dict[str, Path], tmp_path: Path) -> None:
+    from sdforensics.collection.index import index_paths
+    from sdforensics.library.manifest import sha256_file
+    from sdforensics.library.registry import KnownModel, Registry
+
+    folder = _folder(family, tmp_path)
+    sha = sha256_file(folder / "base.safetensors")
+    reg = Registry([KnownModel("SD 1.5 (test)", "sd1", "checkpoint", "v1-5.safetensors", None, sha, None, None,
+                               "test", official=True)], [])
+    summary = index_paths([folder], tmp_path / "lib", registry=reg)
+    assert summary.official == ["SD 1.5 (test)"]
+    lib = Library(tmp_path / "lib")
+    assert lib.get("SD 1.5 (test)").official and not lib.get("ft1").official

@@ -132,3 +132,22 @@ def test_a_newer_catalog_is_refused(library: Path, tmp_path: Path) -> None:
     con.close()
     res = sdf("refs", "list", "--library", lib)
     assert res.exit_code == 2 and "library catalog version 99; this sdforensics reads versions up to 2" in res.stderr
+
+
+def test_readers_see_the_last_commit_while_a_writer_works(library: Path, tmp_path: Path) -> None:
+    """WAL: a reader opened during a write transaction sees the library as it was, never half of it,
+    and a write that fails leaves nothing behind."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    writer = Library(lib)
+    fp = writer.load("ft1")
+    with pytest.raises(RuntimeError, match="stopped"), writer.writing() as con:
+        writer.add_in(con, fp, "ft1-again")
+        assert con.execute("SELECT count(*) FROM refs").fetchone()[0] == 8
+        seen = [e.name for e in Library(lib).entries]  # another connection, mid-transaction
+        assert len(seen) == 7 and "ft1-again" not in seen
+        raise RuntimeError("stopped")
+    assert "ft1-again" not in {e.name for e in Library(lib).entries}
+    assert Library(lib).verify() == []  # the rolled-back write took its fingerprint file with it
+    writer.add(fp, "ft1-again")
+    assert Library(lib).verify() == [] and len(Library(lib).entries) == 8

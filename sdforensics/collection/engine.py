@@ -42,18 +42,21 @@ class LocalEngine:
             return
         ctx = multiprocessing.get_context("spawn")
         pending = iter(tasks)
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
-            running: set[Future[R]] = set()
-            try:
-                while True:
-                    for task in itertools.islice(pending, 2 * self.jobs - len(running)):
-                        running.add(pool.submit(fn, task))
-                    if not running:
-                        return
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        yield fut.result()
-            finally:
-                for fut in running:
-                    fut.cancel()
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx)
+        finished = False
+        running: set[Future[R]] = set()
+        try:
+            while True:
+                for task in itertools.islice(pending, 2 * self.jobs - len(running)):
+                    running.add(pool.submit(fn, task))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+            finished = True
+        finally:
+            # Stopped early (Ctrl-C, an error in the caller): queued tasks are dropped and the
+            # workers are not waited for; the files in flight are simply not committed.
+            pool.shutdown(wait=finished, cancel_futures=not finished)
 

@@ -20,6 +20,7 @@ from sdforensics.collection.discover import discover
 from sdforensics.collection.engine import Engine, LocalEngine
 from sdforensics.collection.task import FileResult, FileTask, run_task, stat_key
 from sdforensics.core.errors import LibraryError
+from sdforensics.library.registry import Registry, shipped_registry
 from sdforensics.library.store import Library, SourceFile, put_source
 
 SCHEMA = "sdforensics.index/1"
@@ -34,6 +35,8 @@ class IndexSummary:
     """Already in the catalog with the same size and mtime: not read."""
     fingerprinted: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reference name)`` of files fingerprinted in this run."""
+    official: list[str] = field(default_factory=list)
+    """Names of the references marked official (family bases the registry knows by SHA-256)."""
     same: list[str] = field(default_factory=list)
     """Paths whose mtime changed but whose content did not (hashed, not fingerprinted)."""
     moved: list[tuple[str, str]] = field(default_factory=list)
@@ -49,7 +52,7 @@ class IndexSummary:
             "library": str(self.library),
             "files": self.files,
             "unchanged": self.unchanged,
-            "fingerprinted": [{"path": p, "name": n} for p, n in self.fingerprinted],
+            "fingerprinted": [{"path": p, "name": n, "official": n in self.official} for p, n in self.fingerprinted],
             "same_content": self.same,
             "moved": [{"path": p, "name": n} for p, n in self.moved],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
@@ -83,9 +86,15 @@ def index_paths(
     engine: Engine | None = None,
     progress: Callable[[Progress], None] | None = None,
     device: str = "cpu",
+    registry: Registry | None = None,
 ) -> IndexSummary:
-    """Index every model under ``paths`` into the library folder ``library`` (see the module docstring)."""
+    """Index every model under ``paths`` into the library folder ``library`` (see the module docstring).
+
+    A file the known-model ``registry`` (default: the shipped one) lists as an official family base
+    (by SHA-256) is stored under the registry's name and marked official, as ``sdf refs
+    build-official`` does, so the analysis measures changes from it."""
     start = time.monotonic()
+    known = registry if registry is not None else shipped_registry()
     lib = Library(library)
     with lib.writing():  # creates the catalog, sweeps what a killed run left
         pass
@@ -99,7 +108,7 @@ def index_paths(
     if progress is not None:
         progress(Progress(0, len(tasks), 0, total, 0.0))
     for done_files, result in enumerate((engine or LocalEngine()).map(run_task, tasks), start=1):
-        _commit(lib, result, summary)
+        _commit(lib, result, summary, known)
         done_bytes += result.size
         summary.bytes_read += result.bytes_read
         if progress is not None:
@@ -141,7 +150,7 @@ def _plan(
     return tasks
 
 
-def _commit(lib: Library, r: FileResult, summary: IndexSummary) -> None:
+def _commit(lib: Library, r: FileResult, summary: IndexSummary, registry: Registry) -> None:
     """One result, one transaction."""
     src = SourceFile(r.path, r.size, r.mtime_ns, r.sha256, r.quick)
     with lib.writing(sweep=False, reload=False) as con:
@@ -166,9 +175,13 @@ def _commit(lib: Library, r: FileResult, summary: IndexSummary) -> None:
             return
         if r.fingerprint is None:
             raise LibraryError(f"{r.path}: no reference has its sha256 {r.sha256[:12]} any more; index it again")
-        name = _unique_name(con, Path(r.path).stem if not r.path.endswith("/") else Path(r.path).name)
-        lib.add_in(con, r.fingerprint, name, official=False, replace=False, sources=[src])
+        entry = registry.by_sha256(r.sha256) if len(r.sha256) == 64 else None
+        official = entry is not None and entry.official
+        name = _unique_name(con, entry.name if entry is not None and official else Path(r.path).stem)
+        lib.add_in(con, r.fingerprint, name, official=official, replace=False, sources=[src])
         summary.fingerprinted.append((r.path, name))
+        if official:
+            summary.official.append(name)
 
 
 def _unique_name(con: sqlite3.Connection, stem: str) -> str:

@@ -160,6 +160,7 @@ class Library:
         self.readonly = self.folder.is_dir() and _read_only(self.folder)
         self.version = catalog.VERSION
         self._unlink_after: list[str] = []
+        self._written: list[str] = []
         self._entries = self._read()
 
     # ------------------------------------------------------------------ reading
@@ -243,7 +244,7 @@ class Library:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / catalog.FINGERPRINTS).mkdir(exist_ok=True)
         catalog.create(self.folder)
-        self._unlink_after = []
+        self._unlink_after, self._written = [], []
         still: set[str] = set()
         try:
             with catalog.connect(self.folder) as con:
@@ -254,10 +255,17 @@ class Library:
                 if reload:
                     self._entries = self._rows(con)
                 still = {str(r[0]) for r in con.execute("SELECT file FROM refs")} if self._unlink_after else set()
-        except sqlite3.DatabaseError as err:
-            raise LibraryError(f"{self.folder / catalog.CATALOG}: cannot write the library catalog ({err})") from err
+        except BaseException as err:
+            for rel in self._written:  # rolled back: the files it wrote name nothing
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / rel).unlink()
+            if isinstance(err, sqlite3.DatabaseError):
+                raise LibraryError(
+                    f"{self.folder / catalog.CATALOG}: cannot write the library catalog ({err})"
+                ) from err
+            raise
         finally:
-            pending, self._unlink_after = self._unlink_after, []
+            pending, self._unlink_after, self._written = self._unlink_after, [], []
         # Files the transaction stopped naming: deleted once it is committed (a kill before that
         # leaves an orphan, which the next writer deletes).
         for rel in pending:
@@ -303,6 +311,7 @@ class Library:
             n += 1
         identity = dict(fp.identity)
         identity["name"] = name
+        self._written.append(file)
         path = save_fingerprint(Fingerprint(fp.scheme, identity, fp.tensors), self.folder / file)
         _fsync(path)
         st = path.stat()
