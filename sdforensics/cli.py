@@ -348,9 +348,12 @@ def refs_add(
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
-        label, fp = fingerprint_any(model, device.value, bar)
-        bar.close()
+        from sdforensics.fingerprinting.fingerprint import scheme_from_json
+
         lib = Library(_target_library(library))
+        recorded = lib.scheme()  # made the library's way, so a library of an older scheme keeps growing
+        label, fp = fingerprint_any(model, device.value, bar, scheme=scheme_from_json(recorded) if recorded else None)
+        bar.close()
         entry = _add_reference(lib, fp, name, official, model)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"

@@ -154,3 +154,18 @@ def test_an_official_base_the_registry_knows_is_marked_official(family: dict[str
     assert summary.official == ["SD 1.5 (test)"]
     lib = Library(tmp_path / "lib")
     assert lib.get("SD 1.5 (test)").official and not lib.get("ft1").official
+
+
+def test_diffusers_folders_are_one_model_each_and_progress_goes_to_stderr(tmp_path: Path) -> None:
+    from sdforensics.synth.specs import write_family
+
+    folder = tmp_path / "models"
+    write_family(folder, "sd1", 16, 1, 5, "diffusers")
+    res = sdf("index", folder, "--library", tmp_path / "lib", "-f", "json")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)  # stdout: the JSON document alone
+    assert sorted((Path(d["path"]).name, d["name"]) for d in doc["fingerprinted"]) == [("base", "base"), ("ft1", "ft1")]
+    lines = res.stderr.splitlines()
+    assert lines[-1].startswith("index: 2/2 files, 0.0") and "MB/s" in lines[-1] and "ETA" in lines[-2]
+    again = json.loads(sdf("index", folder, "--library", tmp_path / "lib", "-f", "json", "-q").stdout)
+    assert again["unchanged"] == 2 and again["fingerprinted"] == []

@@ -151,3 +151,12 @@ def test_readers_see_the_last_commit_while_a_writer_works(library: Path, tmp_pat
     assert Library(lib).verify() == []  # the rolled-back write took its fingerprint file with it
     writer.add(fp, "ft1-again")
     assert Library(lib).verify() == [] and len(Library(lib).entries) == 8
+
+
+def test_refs_add_fingerprints_with_the_library_scheme(family: dict[str, Path], tmp_path: Path) -> None:
+    """A library made with an earlier scheme keeps growing: refs add uses the scheme it records."""
+    lib = Library(tmp_path / "lib")
+    _, fp = fingerprint_model(family["base"], device="cpu", scheme=Scheme(block_budget=8192))
+    lib.add(fp, "sd15", official=True)
+    assert sdf("refs", "add", family["ft1"], "--name", "one", "--library", lib.folder, "-q").exit_code == 0
+    assert Library(lib.folder).load("one").scheme == Scheme(block_budget=8192)
