@@ -430,7 +430,8 @@ def refs_list(
 
 @refs_app.command("verify")
 def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.text, quiet: QuietOpt = False) -> None:
-    """Check every library file against its MANIFEST.sha256 (exit 1 when one differs)."""
+    """Check the catalog and every fingerprint file against the SHA-256 it recorded (a registry folder: its
+    MANIFEST.sha256); exit 1 when one differs."""
     from sdforensics.library.store import Library, search_path
 
     _existing_library(library)
@@ -452,7 +453,7 @@ def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.t
         for p in problems:
             typer.echo(printable(p, 500), err=True)
         if not problems and not quiet:
-            typer.echo("ok: every library file matches its manifest")
+            typer.echo("ok: every library file matches what its library recorded")
     if problems:
         raise typer.Exit(1)
 
@@ -489,9 +490,12 @@ def refs_build_official(
 @app.command()
 def index(
     paths: Annotated[
-        list[Path], typer.Argument(metavar="PATH...", help="Model files or folders (searched recursively).")
+        list[Path], typer.Argument(metavar="PATH", help="Model files or folders (searched recursively).")
     ],
-    library: LibraryOpt = None,
+    library: Annotated[
+        Path | None,
+        typer.Option("--library", metavar="DIR", help="The library folder to index into (default: the user library)."),
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Files fingerprinted at once.")] = 1,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when a file was skipped (not a model, unreadable, hostile).")
