@@ -509,7 +509,9 @@ def index(
     from sdforensics.collection.index import index_paths
 
     show = _index_progress(quiet)
-    summary = run(lambda: index_paths(paths, _target_library(library), LocalEngine(jobs), show, device.value))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # each worker its share of the cores
+    summary = run(lambda: index_paths(paths, _target_library(library), LocalEngine(jobs), show, device.value,
+                                      threads=threads))
     if format is ListFormat.json:
         _emit(json_out.dumps(summary.to_json(), indent=1), None)
     else:

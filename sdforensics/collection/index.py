@@ -87,12 +87,14 @@ def index_paths(
     progress: Callable[[Progress], None] | None = None,
     device: str = "cpu",
     registry: Registry | None = None,
+    threads: int | None = None,
 ) -> IndexSummary:
     """Index every model under ``paths`` into the library folder ``library`` (see the module docstring).
 
     A file the known-model ``registry`` (default: the shipped one) lists as an official family base
     (by SHA-256) is stored under the registry's name and marked official, as ``sdf refs
-    build-official`` does, so the analysis measures changes from it."""
+    build-official`` does, so the analysis measures changes from it. ``threads``: torch CPU threads
+    per file (give each of N parallel workers its share of the cores)."""
     start = time.monotonic()
     known = registry if registry is not None else shipped_registry()
     lib = Library(library)
@@ -102,7 +104,7 @@ def index_paths(
     summary = IndexSummary(lib.folder, files=len(found.models))
     summary.skipped += [(str(p), why) for p, why in found.not_models]
     with lib.connect() as con:
-        tasks = _plan(con, found.models, lib.scheme(), device, summary)
+        tasks = _plan(con, found.models, lib.scheme(), device, summary, threads)
     total = sum(t.size for t in tasks)
     done_bytes = 0
     if progress is not None:
@@ -119,7 +121,12 @@ def index_paths(
 
 
 def _plan(
-    con: sqlite3.Connection, models: Sequence[Path], scheme: dict[str, Any] | None, device: str, summary: IndexSummary
+    con: sqlite3.Connection,
+    models: Sequence[Path],
+    scheme: dict[str, Any] | None,
+    device: str,
+    summary: IndexSummary,
+    threads: int | None = None,
 ) -> list[FileTask]:
     known = {str(r[0]): (int(r[1]), int(r[2]), str(r[3])) for r in
              con.execute("SELECT path, size, mtime_ns, sha256 FROM sources")}  # fmt: skip
@@ -146,7 +153,7 @@ def _plan(
             continue
         recorded = old[2] if old is not None and old[0] == size and not is_dir else None
         peers = () if is_dir else tuple(sorted(set(by_size.get(size, ()))))
-        tasks.append(FileTask(key, size, mtime, is_dir, recorded, peers, scheme, device))
+        tasks.append(FileTask(key, size, mtime, is_dir, recorded, peers, scheme, device, threads))
     return tasks
 
 

@@ -41,6 +41,8 @@ class FileTask:
     scheme: dict[str, Any] | None = None
     """The library's fingerprint scheme (None: today's default)."""
     device: str = "cpu"
+    threads: int | None = None
+    """torch CPU threads the worker may use (its share of the cores when several run at once)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ def _result(task: FileTask, status: str, **fields: Any) -> FileResult:
 def _fingerprint(path: Path, task: FileTask) -> tuple[str, Fingerprint]:
     from sdforensics.api import fingerprint_any
 
+    if task.threads:
+        import torch
+
+        torch.set_num_threads(task.threads)  # a cap: the fingerprint pass never raises it
     scheme = scheme_from_json(task.scheme) if task.scheme else None
     return fingerprint_any(path, task.device, None, scheme=scheme)
 
