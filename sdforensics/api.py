@@ -30,7 +30,7 @@ from sdforensics.fingerprinting.similarity import Similarity, identical_componen
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library
-from sdforensics.library.store import INDEX, Library, RefEntry, Reference, load_reference, search_path
+from sdforensics.library.store import Library, RefEntry, Reference, is_library, load_reference, search_path
 from sdforensics.lora.files import describe_lora, is_lora, lora_from_checkpoint
 from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.embedding import Embedding, detect_embedding
@@ -101,21 +101,42 @@ def _entry(entries: list[RefEntry], name: str) -> RefEntry:
     return next(e for e in entries if e.name == name)
 
 
-def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
-    """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
+def fingerprint_any(
+    path: Path, device: str = "auto", progress: Progress | None = None, scheme: Scheme | None = None
+) -> tuple[str, Fingerprint]:
+    """The fingerprint of a model, of a LoRA (its change at strength 1) or of a textual-inversion
+    embedding (its vectors), and a label of what it is. ``scheme``: the library's (default: today's)."""
     path = Path(path)
     with open_checkpoint(path) as ckpt:
-        if is_lora(ckpt.infos()):
+        infos = ckpt.infos()
+        if is_lora(infos):
             from sdforensics.lora.fingerprint import lora_fingerprint
 
             lora = lora_from_checkpoint(ckpt)
             if lora.family is None:
                 raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
-            return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
-        analysis, fp = _fingerprint_open(path, ckpt, Fingerprinter(None, resolve_device(device)), progress)
+            fp = lora_fingerprint(lora, scheme, device=resolve_device(device))
+            return f"LoRA for {lora.family}, rank {lora.rank}", fp
+        emb = detect_embedding(infos, path)
+        if emb is not None:
+            label = f"embedding for {emb.family or 'an unknown family'}"
+            return label, _embedding_fingerprint(ckpt, path, emb, scheme)
+        analysis, fp = _fingerprint_open(path, ckpt, Fingerprinter(scheme, resolve_device(device)), progress)
     if analysis.architecture.family is None:
         raise SdfError(f"{path}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
     return analysis.architecture.label, fp
+
+
+def _embedding_fingerprint(ckpt: Checkpoint, path: Path, emb: Embedding, scheme: Scheme | None) -> Fingerprint:
+    """An embedding's vectors, stored exactly (a few thousand values), with its file hash and tokens."""
+    from sdforensics.library.manifest import sha256_file
+
+    fper = Fingerprinter(scheme, resolve_device("cpu"))
+    for info, tensor in ckpt.tensors():
+        fper.consume(info.name, info, tensor)
+    identity = {"kind": "embedding", "family": emb.family, "tokens": list(emb.tokens), "format": emb.format,
+                "sha256": sha256_file(path), "source_file": path.name}
+    return fper.result(identity)
 
 
 def is_lora_file(path: Path) -> bool:
@@ -201,7 +222,7 @@ class LibraryIndex:
 
     @classmethod
     def read(cls, folders: list[Path]) -> LibraryIndex:
-        return cls(tuple(folders), tuple(e for f in folders if (f / INDEX).exists() for e in Library(f).entries))
+        return cls(tuple(folders), tuple(e for f in folders if is_library(f) for e in Library(f).entries))
 
     def scheme(self) -> Scheme | None:
         """The fingerprint scheme most references were made with (as :func:`library_scheme`)."""
