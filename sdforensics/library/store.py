@@ -25,6 +25,7 @@ from sdforensics.fingerprinting.fingerprint import Fingerprint, Scheme, scheme_f
 from sdforensics.fingerprinting.fpfile import load_fingerprint, save_fingerprint
 from sdforensics.library.manifest import verify_manifest, write_manifest
 from sdforensics.library.shipped import shipped_registry_dir
+from sdforensics.library.vecstore import record_vector
 
 INDEX = "library.json"
 LIB_FORMAT = "sdforensics.library"
@@ -161,6 +162,7 @@ class Library:
         identity["name"] = name
         fp = Fingerprint(fp.scheme, identity, fp.tensors)
         save_fingerprint(fp, self.folder / file)
+        record_vector(self.folder, file, fp)  # the search vector beside it (library/vecstore.py)
         entry = RefEntry(name, fp.family, official, file, _index_identity(identity), self.folder)
         self._entries.append(entry)
         self._write()
