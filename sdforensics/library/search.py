@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdforensics.core.errors import SdfError
 from sdforensics.fingerprinting.fingerprint import Fingerprint, scheme_from_json
 from sdforensics.fingerprinting.similarity import (
     LayerTerms,
@@ -36,7 +37,9 @@ from sdforensics.library.vectors import (
     PER_BLOCK,
     Projector,
     SearchVector,
+    Selection,
     changes,
+    resave_of,
     row_norms,
     select_candidates,
 )
@@ -268,8 +271,8 @@ def search_library(
     deltas = changes(raw[live], present[live], base_vec, PER_BLOCK)
     sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas))
     names = [models[live[j]].name for j in sel.chosen]
-    groups = {models[live[j]].name: tuple(models[live[i]].name for i in sel.groups[j]) for j in sel.chosen}
-    groups[base_entry.name] = tuple(models[live[i]].name for i in sel.base_copies if live[i] != at)
+    groups = {models[live[j]].name: [models[live[i]].name for i in sel.groups[j]] for j in sel.chosen}
+    groups[base_entry.name] = [models[live[i]].name for i in sel.base_copies if live[i] != at]
     wanted = [e for e in models if e.name in set(names) | {base_entry.name}]  # library order
     intact, changed = check([*wanted, *lora_entries])
     loaded: dict[str, Reference] = {}
@@ -284,6 +287,7 @@ def search_library(
             loras.append(ref)
         else:
             loaded[e.name] = ref
+    _low_precision_resaves(sel, [models[i] for i in live], loaded, groups)
     if base_entry.name not in loaded:  # the base changed since it was added: no delta to compare
         return LibraryComparison(None, None, [], {}, loras, skipped, changed=changed)
     order = [e.name for e in models if e.name in loaded]
@@ -299,8 +303,35 @@ def search_library(
             hashes.append((e.name, {str(k): str(v) for k, v in e.identity["component_hashes"].items()}))
     return LibraryComparison(
         sim, order.index(base_entry.name), hashes, loaded, loras, skipped,
-        groups={k: v for k, v in groups.items() if v}, searched=len(live), changed=changed,
+        groups={k: tuple(v) for k, v in groups.items() if v}, searched=len(live), changed=changed,
     )  # fmt: skip
+
+
+def _low_precision_resaves(
+    sel: Selection, rows: Sequence[RefEntry], loaded: dict[str, Reference], groups: dict[str, list[str]]
+) -> None:
+    """Join to each loaded representative's group the references :func:`resave_of` finds are a
+    re-save of it in another precision (read here; their vectors only said they might be). A
+    candidate found to be one leaves the fit (``loaded``) and joins with its own group."""
+    for j in sel.chosen:
+        rep = rows[j].name
+        if rep not in loaded:
+            continue
+        for i in sel.near.get(j, ()):
+            name = rows[i].name
+            if name == rep or any(name in g for g in groups.values()):
+                continue
+            try:
+                other = loaded[name] if name in loaded else load_reference(rows[i])
+            except SdfError:
+                continue
+            if other.fingerprint.scheme == loaded[rep].fingerprint.scheme and resave_of(
+                loaded[rep].fingerprint, other.fingerprint
+            ):
+                groups[rep].append(name)
+                if name in loaded:
+                    del loaded[name]
+                    groups[rep].extend(groups.pop(name, []))
 
 
 def _row(raw: np.ndarray, present: np.ndarray, i: int) -> SearchVector:

@@ -22,6 +22,12 @@ fingerprints of the few candidates.
   (group) that best explains what the chosen ones leave of the target's change, so a recipe's small
   ingredients are found even when a thousand references are more similar to the whole target;
 * the remaining places go to the most similar references (ambiguous or block-weighted merges).
+
+A re-save in a much lower precision (fp8: rounding moves each weight by a few percent, as much as
+a fine-tune does) points only roughly the same way (delta cosine ~0.85, like a child fine-tune),
+so :func:`select_candidates` also lists, per representative, the references that could be such a
+re-save (:attr:`Selection.near`), and :func:`resave_of` decides from the fingerprints' exact
+coordinate samples: a re-save's samples are the original's rounded to its dtype, exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdforensics.core.dtypes import DTYPES
 from sdforensics.fingerprinting.fingerprint import Fingerprint
 from sdforensics.model.architecture import BlockMap
 
@@ -45,6 +52,15 @@ BASE_COPY = 0.01
 """A change smaller than this share of the base's own vector: a copy or re-save of the base."""
 MIN_PURSUIT = 0.05
 """A pursuit step stops when no reference explains at least this share (cosine) of the residual."""
+NEAR_COSINE = 0.3
+"""Delta cosine from which a reference may be a low-precision re-save of a representative ..."""
+NEAR_SCALE = (0.7, 1.3)
+"""... when its change also projects on the representative's with about the same size."""
+NEAR_MAX = 32
+"""Such references checked per representative at most (each costs one fingerprint read)."""
+RESAVE_EQUAL = 0.9
+"""Share of sampled coordinates that must round exactly for a re-save (measured: fp8 and bf16
+re-saves 1.0; a child fine-tune or another model ~0)."""
 CHUNK = 65536
 """References per matrix product (bounds the float32 working copy of a float16 matrix)."""
 
@@ -147,6 +163,8 @@ class Selection:
     """Representatives to fit, in the order chosen (indices into the reference rows)."""
     groups: dict[int, tuple[int, ...]]
     """Representative -> the other references that are the same model (copies, re-saves)."""
+    near: dict[int, tuple[int, ...]]
+    """Representative -> references that may be a low-precision re-save of it (see :func:`resave_of`)."""
     base_copies: tuple[int, ...]
     """References whose change from the base is nil: the base again."""
     cosine: np.ndarray
@@ -173,14 +191,20 @@ def select_candidates(
     taken = nil.copy()
     chosen: list[int] = []
     groups: dict[int, tuple[int, ...]] = {}
+    near: dict[int, tuple[int, ...]] = {}
 
     def take(j: int) -> None:
-        same = _matvec(refs, refs[j].astype(np.float32)) / safe / max(float(norms[j]), 1e-30)
+        dots = _matvec(refs, refs[j].astype(np.float32))
+        nj = max(float(norms[j]), 1e-30)
+        same = dots / safe / nj
         members = np.flatnonzero((same >= group_cosine) & ~taken)
         taken[members] = True
         taken[j] = True
         chosen.append(j)
         groups[j] = tuple(int(i) for i in members if i != j)
+        scale = dots / (nj * nj)
+        maybe = np.flatnonzero((same >= NEAR_COSINE) & ~taken & (scale >= NEAR_SCALE[0]) & (scale <= NEAR_SCALE[1]))
+        near[j] = tuple(int(i) for i in maybe[np.argsort(-same[maybe], kind="stable")][:NEAR_MAX])
 
     if n and tnorm > 0:
         residual = target.astype(np.float64)
@@ -202,4 +226,31 @@ def select_candidates(
                 break
             if not taken[j]:
                 take(int(j))
-    return Selection(tuple(chosen), groups, tuple(int(i) for i in np.flatnonzero(nil)), cos)
+    return Selection(tuple(chosen), groups, near, tuple(int(i) for i in np.flatnonzero(nil)), cos)
+
+
+def _rounds_to(src: np.ndarray, dst: np.ndarray, dtype: str) -> np.ndarray:
+    """Where ``src`` rounded to the safetensors dtype ``dtype`` equals ``dst`` exactly."""
+    import torch
+
+    info = DTYPES.get(dtype)
+    if info is None or not info.is_float:
+        return np.zeros(len(src), bool)
+    rounded = torch.from_numpy(np.asarray(src, np.float32)).to(info.torch_dtype).float().numpy()
+    return np.asarray(rounded == np.asarray(dst, np.float32))
+
+
+def resave_of(a: Fingerprint, b: Fingerprint) -> bool:
+    """Whether ``a`` and ``b`` hold the same weights, one a re-save of the other in another precision:
+    at the exact coordinate samples, one model's values rounded to the other's dtype equal the
+    other's, for at least :data:`RESAVE_EQUAL` of them (either direction)."""
+    hits = [0, 0]
+    total = 0
+    for key, ta in a.tensors.items():
+        tb = b.tensors.get(key)
+        if ta.sample is None or tb is None or tb.sample is None or tb.sample.shape != ta.sample.shape:
+            continue
+        total += ta.sample.size
+        hits[0] += int(_rounds_to(ta.sample, tb.sample, tb.dtype).sum())
+        hits[1] += int(_rounds_to(tb.sample, ta.sample, ta.dtype).sum())
+    return total > 0 and max(hits) >= RESAVE_EQUAL * total
