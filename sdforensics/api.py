@@ -29,7 +29,7 @@ from sdforensics.fingerprinting.fingerprint import (
 from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
-from sdforensics.library.search import compare_with_library
+from sdforensics.library.search import compare_with_library, search_library
 from sdforensics.library.store import Library, RefEntry, Reference, is_library, load_reference, search_path
 from sdforensics.lora.files import describe_lora, is_lora, lora_from_checkpoint
 from sdforensics.model.architecture import architecture, block_map_of
@@ -256,19 +256,29 @@ def compare_and_estimate(
     family = analysis.architecture.family
     folders = list(index.folders)
     entries = index.of_family(family) if family else []
-    entries, changed = changed_references(entries)
+    changed: list[str] = []
     found = None
     arch_name = analysis.architecture.name or family or ""
-    if entries:
+    if len(entries) > MAX_CANDIDATES:  # rank by search vectors, read only the candidates
         arch = architecture(arch_name)
         blocks = block_map_of(arch_name)
         with blas_threads(1):
-            found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, progress)
+            found = search_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, progress,
+                                   check=changed_references)
+        changed = found.changed
+    else:
+        entries, changed = changed_references(entries)
+        if entries:
+            arch = architecture(arch_name)
+            blocks = block_map_of(arch_name)
+            with blas_threads(1):
+                found = compare_with_library(fp, entries, family, arch, blocks, MAX_CANDIDATES - 1, progress)
     skipped = found.skipped if found else []
     out: dict[str, Any] = {
         "library": LibrarySearch(
             searched=tuple(folders),
-            references=len(found.component_hashes) if found else 0,
+            references=(found.searched if found.searched is not None else len(found.component_hashes))
+            if found else 0,
             loras=len(found.loras) if found else 0,
             skipped=tuple(skipped),
             changed=tuple(changed),
@@ -286,6 +296,9 @@ def compare_and_estimate(
             sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
             base = chosen.index(base) if base is not None else None
         est = estimate(fp, refs, base, sim, found.loras, blocks.recipe_convention)
+        if est is not None and found.groups:
+            named = [w.reference for w in est.weights] + ([est.copy_of] if est.copy_of else [])
+            est = replace(est, groups=tuple((n, found.groups[n]) for n in dict.fromkeys(named) if n in found.groups))
         if est is not None:
             out["recipe"] = est
             summary = summarize(est)

@@ -67,6 +67,8 @@ def _listed_files(folder: Path) -> list[str]:
     """Relative POSIX paths of every file under ``folder`` except the manifest, sorted."""
     found: list[str] = []
     for root, dirs, files in os.walk(folder):
+        if Path(root) == Path(folder) and "vectors" in dirs:
+            dirs.remove("vectors")  # the search-vector cache (library/vecstore.py), derived from the fingerprints
         dirs.sort()
         for name in files:
             full = Path(root) / name

@@ -1,4 +1,5 @@
-"""A model's fingerprint against a reference library, a few references at a time.
+"""A model's fingerprint against a reference library: every reference in small batches
+(:func:`compare_with_library`, small libraries), or by search vectors (:func:`search_library`).
 
 Every cosine of a reference depends only on the target, the family's base and that reference
 (:class:`sdforensics.fingerprinting.similarity.LayerTerms`), so the library is read in batches of :data:`BATCH`:
@@ -10,12 +11,15 @@ held at once cost more than comparing them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
-from sdforensics.fingerprinting.fingerprint import Fingerprint
+from sdforensics.core.errors import SdfError
+from sdforensics.fingerprinting.fingerprint import Fingerprint, scheme_from_json
 from sdforensics.fingerprinting.similarity import (
     LayerTerms,
     Similarity,
@@ -28,6 +32,17 @@ from sdforensics.fingerprinting.similarity import (
     similarity_from_terms,
 )
 from sdforensics.library.store import RefEntry, Reference, load_reference
+from sdforensics.library.vecstore import VectorFile
+from sdforensics.library.vectors import (
+    PER_BLOCK,
+    Projector,
+    SearchVector,
+    Selection,
+    changes,
+    resave_of,
+    row_norms,
+    select_candidates,
+)
 from sdforensics.model.architecture import Architecture, BlockMap
 from sdforensics.model.stream import Progress
 
@@ -53,6 +68,12 @@ class LibraryComparison:
     loras: list[Reference]
     skipped: list[str]
     """References made with another scheme or width (not comparable)."""
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Reference -> the other references that are the same model (copies, re-saves), by name."""
+    searched: int | None = None
+    """Usable model references searched (None: every one is in ``similarity``)."""
+    changed: list[str] = field(default_factory=list)
+    """Candidates left out because their fingerprint no longer matches the manifest (one line each)."""
 
 
 def usable(target: Fingerprint, ref: Fingerprint) -> bool:
@@ -166,3 +187,161 @@ def _trim(loaded: dict[str, Reference], pointing: dict[str, float], keep: int) -
     for name in sorted(pointing, key=lambda n: pointing[n])[: len(pointing) - keep]:
         del pointing[name]
         loaded.pop(name, None)
+
+
+Check = Callable[[Sequence[RefEntry]], tuple[list[RefEntry], list[str]]]
+"""Entries about to be loaded -> (those still intact, one line per entry left out)."""
+
+
+def _usable_entry(target: Fingerprint, entry: RefEntry) -> bool | None:
+    """Whether ``entry`` was made with the target's scheme and width, from the index alone (None:
+    the index does not say)."""
+    raw = entry.identity.get("scheme")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        same = scheme_from_json(raw) == target.scheme
+    except (KeyError, TypeError, ValueError):
+        return None
+    return same and entry.identity.get("width_factor", 1) == target.identity.get("width_factor")
+
+
+def search_library(
+    target: Fingerprint,
+    entries: Sequence[RefEntry],
+    family: str | None,
+    arch: Architecture,
+    blocks: BlockMap,
+    keep: int,
+    progress: Progress | None = None,
+    check: Check | None = None,
+) -> LibraryComparison:
+    """Compare ``target`` with the library by search vectors (:mod:`sdforensics.library.vectors`):
+    every reference is ranked by its stored vector; only the family base, the ``keep`` candidates
+    chosen and the library's LoRAs are read in full. Similarity covers the base and the candidates;
+    ``groups`` names the references that are the same model as a candidate or as the base.
+    ``check`` filters the entries to be read (a changed fingerprint is left out and named).
+    ``progress(done, total)``: references whose vector had to be computed (libraries made before
+    vectors existed), then candidates read. Without a usable family base, every reference is
+    compared as :func:`compare_with_library` does (raw cosines need them all)."""
+    check = check or (lambda es: (list(es), []))
+    skipped: list[str] = []
+    models = [e for e in entries if e.identity.get("kind") != "lora"]
+    lora_entries = [e for e in entries if e.identity.get("kind") == "lora"]
+    usable_now = {e.name: _usable_entry(target, e) for e in models}
+    skipped.extend(e.name for e in models if usable_now[e.name] is False)
+    models = [e for e in models if usable_now[e.name] is not False]
+    base_entry = next((e for e in models if e.official and e.family == family), None)
+    if base_entry is None:
+        return _every_reference(target, entries, family, arch, blocks, keep, progress, check)
+    projector = Projector(blocks, PER_BLOCK)
+    by_folder: dict[Path, list[int]] = defaultdict(list)
+    for i, e in enumerate(models):
+        by_folder[e.library].append(i)
+    raw = np.zeros((len(models), projector.dim), np.float32)
+    present = np.zeros((len(models), projector.n_blocks), bool)
+    unusable: set[int] = set()
+    done = 0
+    for folder, rows in by_folder.items():
+        vf = VectorFile(folder, blocks, PER_BLOCK)
+
+        def load(k: int, rows: list[int] = rows) -> Fingerprint | None:
+            nonlocal done
+            i = rows[k]
+            ref = load_reference(models[i])
+            done += 1
+            if progress is not None:
+                progress(done, len(models))
+            if not usable(target, ref.fingerprint):
+                unusable.add(i)
+                return None
+            return ref.fingerprint
+
+        r, p, _ = vf.vectors([models[i].file for i in rows], load)
+        raw[rows], present[rows] = r, p
+    skipped.extend(models[i].name for i in sorted(unusable))
+    at = models.index(base_entry)
+    if at in unusable:
+        return _every_reference(target, entries, family, arch, blocks, keep, progress, check)
+    live = [i for i in range(len(models)) if i not in unusable]
+    base_vec = _row(raw, present, at)
+    tvec = projector.vector(target)
+    keep_t = np.repeat(tvec.present & base_vec.present, PER_BLOCK)
+    tdelta = (tvec.raw.astype(np.float32) - base_vec.raw) * keep_t
+    deltas = changes(raw[live], present[live], base_vec, PER_BLOCK)
+    sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas))
+    names = [models[live[j]].name for j in sel.chosen]
+    groups = {models[live[j]].name: [models[live[i]].name for i in sel.groups[j]] for j in sel.chosen}
+    groups[base_entry.name] = [models[live[i]].name for i in sel.base_copies if live[i] != at]
+    wanted = [e for e in models if e.name in set(names) | {base_entry.name}]  # library order
+    intact, changed = check([*wanted, *lora_entries])
+    loaded: dict[str, Reference] = {}
+    loras: list[Reference] = []
+    for k, e in enumerate(intact):
+        ref = load_reference(e)
+        if progress is not None:
+            progress(k + 1, len(intact))
+        if not usable(target, ref.fingerprint):
+            skipped.append(e.name)
+        elif is_lora(ref):
+            loras.append(ref)
+        else:
+            loaded[e.name] = ref
+    _low_precision_resaves(sel, [models[i] for i in live], loaded, groups)
+    if base_entry.name not in loaded:  # the base changed since it was added: no delta to compare
+        return LibraryComparison(None, None, [], {}, loras, skipped, changed=changed)
+    order = [e.name for e in models if e.name in loaded]
+    refs = [loaded[n] for n in order]
+    sim = similarity(target, [r.fingerprint for r in refs], order, order.index(base_entry.name), arch, blocks)
+    comp_of: dict[str, str | None] = {}
+    hashes: list[tuple[str, dict[str, str]]] = []
+    for i in live:
+        e = models[i]
+        if e.name in loaded:
+            hashes.append((e.name, component_digests(loaded[e.name].fingerprint, arch, comp_of)))
+        elif isinstance(e.identity.get("component_hashes"), dict):
+            hashes.append((e.name, {str(k): str(v) for k, v in e.identity["component_hashes"].items()}))
+    return LibraryComparison(
+        sim, order.index(base_entry.name), hashes, loaded, loras, skipped,
+        groups={k: tuple(v) for k, v in groups.items() if v}, searched=len(live), changed=changed,
+    )  # fmt: skip
+
+
+def _low_precision_resaves(
+    sel: Selection, rows: Sequence[RefEntry], loaded: dict[str, Reference], groups: dict[str, list[str]]
+) -> None:
+    """Join to each loaded representative's group the references :func:`resave_of` finds are a
+    re-save of it in another precision (read here; their vectors only said they might be). A
+    candidate found to be one leaves the fit (``loaded``) and joins with its own group."""
+    for j in sel.chosen:
+        rep = rows[j].name
+        if rep not in loaded:
+            continue
+        for i in sel.near.get(j, ()):
+            name = rows[i].name
+            if name == rep or any(name in g for g in groups.values()):
+                continue
+            try:
+                other = loaded[name] if name in loaded else load_reference(rows[i])
+            except SdfError:
+                continue
+            if other.fingerprint.scheme == loaded[rep].fingerprint.scheme and resave_of(
+                loaded[rep].fingerprint, other.fingerprint
+            ):
+                groups[rep].append(name)
+                if name in loaded:
+                    del loaded[name]
+                    groups[rep].extend(groups.pop(name, []))
+
+
+def _row(raw: np.ndarray, present: np.ndarray, i: int) -> SearchVector:
+    return SearchVector(raw[i].astype(np.float32), present[i])
+
+
+def _every_reference(
+    target: Fingerprint, entries: Sequence[RefEntry], family: str | None, arch: Architecture, blocks: BlockMap,
+    keep: int, progress: Progress | None, check: Check,
+) -> LibraryComparison:
+    intact, changed = check(entries)
+    found = compare_with_library(target, intact, family, arch, blocks, keep, progress)
+    return replace(found, changed=changed)

@@ -30,6 +30,7 @@ from sdforensics.fingerprinting.sketch import SCHEME as SIGN_SEED
 from sdforensics.library import catalog, legacy
 from sdforensics.library.manifest import MANIFEST_NAME, quick_signature, sha256_file, verify_manifest
 from sdforensics.library.shipped import INSTALLED, SOURCE, shipped_registry_dir
+from sdforensics.library.vecstore import record_vector
 
 INDEX = legacy.INDEX
 LIB_FORMAT = catalog.FORMAT
@@ -312,8 +313,10 @@ class Library:
         identity = dict(fp.identity)
         identity["name"] = name
         self._written.append(file)
-        path = save_fingerprint(Fingerprint(fp.scheme, identity, fp.tensors), self.folder / file)
+        fp = Fingerprint(fp.scheme, identity, fp.tensors)
+        path = save_fingerprint(fp, self.folder / file)
         _fsync(path)
+        record_vector(self.folder, file, fp)  # the search vector beside it (library/vecstore.py)
         st = path.stat()
         cur = con.execute(
             "INSERT INTO refs(name, family, official, kind, file, fp_size, fp_mtime_ns, fp_sha256, sha256, identity) "

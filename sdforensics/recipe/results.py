@@ -118,6 +118,9 @@ class RecipeEstimate:
     notes: tuple[str, ...] = field(default_factory=tuple)
     block_convention: str = BLOCK_CONVENTION
     """How ``blocks`` are numbered (set from the architecture's block map by the caller)."""
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Ingredient -> the other library references that are the same model (copies, re-saves in
+    another precision, renamed files): one of them entered the fit, all are named."""
 
     def weight_of(self, reference: str) -> float:
         """Affine weight of ``reference`` (0.0 when it is not an ingredient)."""

@@ -102,6 +102,16 @@ def recipe_text(est: RecipeEstimate) -> str:
     return text
 
 
+def named_with_copies(est: RecipeEstimate, reference: str) -> str:
+    """``reference``, followed by the library references that are the same model:
+    ``ft1 (also: ft1_copy, ft1_fp16)``."""
+    also = dict(est.groups).get(reference, ())
+    if not also:
+        return reference
+    shown = ", ".join(also[:6]) + (f" and {len(also) - 6} more" if len(also) > 6 else "")
+    return f"{reference} (also: {shown})"
+
+
 def _confidence(est: RecipeEstimate) -> str:
     halves = [(w.ci95[1] - w.ci95[0]) / 2 for w in est.weights]
     h = max(halves) if halves else 0.0
@@ -128,10 +138,15 @@ def summarize(est: RecipeEstimate) -> list[str]:
         parts = ", ".join(f"{_PARTS.get(c.block, c.block)} = {c.copy_of or '?'}" for c in est.components)
         lines.append(f"Made of: {parts} (each part a copy; one set of weights cannot describe a swap)")
     else:
-        made = ", ".join(f"{w.reference} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]" for w in est.weights)
+        made = ", ".join(
+            f"{named_with_copies(est, w.reference)} {w.weight:.2f} [{w.ci95[0]:.2f}, {w.ci95[1]:.2f}]"
+            for w in est.weights
+        )
         base = "" if est.base is None else f" (weights sum to 1; family base: {est.base})"
         lines.append(f"Made of: {made}{base}")
     lines.append(_confidence(est))
+    if est.kind == "copy" and est.copy_of is not None and dict(est.groups).get(est.copy_of):
+        lines.append(f"The same model is in the library as {named_with_copies(est, est.copy_of)}.")
     u = est.unexplained
     line = f"Unexplained: {percent(u)} of the difference from {est.pivot} is not accounted for by the library."
     if est.kind == "finetune":
@@ -175,9 +190,11 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
     out: dict[str, Any] = {
         "kind": est.kind,
         "components": [
-            {"reference": w.reference, "weight": _r(w.weight), "ci95": [_r(w.ci95[0]), _r(w.ci95[1])]}
+            {"reference": w.reference, "weight": _r(w.weight), "ci95": [_r(w.ci95[0]), _r(w.ci95[1])],
+             "also": list(dict(est.groups).get(w.reference, ()))}
             for w in est.weights
         ],
+        "groups": [{"reference": r, "also": list(also)} for r, also in est.groups],
         "blocks": {b.block: [{"reference": r, "weight": _r(w)} for r, w, _ in b.weights] for b in est.blocks},
         "unexplained": _r(est.unexplained),
         "text": recipe_text(est),

@@ -1,0 +1,141 @@
+"""Search vectors on disk: one append-only file per block map in the library's ``vectors/`` folder.
+
+``vectors/<blockmap>-p<per_block>-v<version>.vec`` starts with a 256-byte header (format name,
+version, dimensions) followed by fixed-size records: a 32-byte key, the raw vector (float32) and
+one byte per block (present or not). The key is the SHA-256 of the fingerprint file's path in the
+library, size and modification time, so a fingerprint that is replaced or edited simply has no
+vector until one is computed again; the last record of a key wins. A record is written with one
+``write`` on a file opened for appending, and a reader ignores a trailing partial record, so a
+killed writer or a concurrent reader never sees half a vector. The file is a cache derived from
+the fingerprints: it is left out of the library's manifest, and deleting it only costs one full
+read of the library on the next search.
+
+Vectors are written by :meth:`sdforensics.library.store.Library.add` (:func:`record_vector`) and,
+for libraries made before them, computed on the first search (:meth:`VectorFile.vectors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sdforensics.fingerprinting.fingerprint import Fingerprint
+from sdforensics.library.vectors import PER_BLOCK, VECTOR_VERSION, Projector, SearchVector
+from sdforensics.model.architecture import BlockMap, block_map_of
+
+FOLDER = "vectors"
+FORMAT = b"sdforensics.searchvec"
+HEADER = 256
+
+
+def entry_key(library: Path, file: str) -> bytes | None:
+    """The cache key of the fingerprint file ``file`` (relative to ``library``); None if it is gone."""
+    try:
+        st = (Path(library) / file).stat()
+    except OSError:
+        return None
+    return hashlib.sha256(f"{file}\0{st.st_size}\0{st.st_mtime_ns}".encode()).digest()
+
+
+class VectorFile:
+    """The vectors of one library folder for one block map."""
+
+    def __init__(self, library: Path, blocks: BlockMap, per_block: int = PER_BLOCK) -> None:
+        self.library = Path(library)
+        self.projector = Projector(blocks, per_block)
+        self.path = self.library / FOLDER / f"{blocks.name}-p{per_block}-v{VECTOR_VERSION}.vec"
+        n, d = self.projector.n_blocks, self.projector.dim
+        self.record = np.dtype([("key", "S32"), ("raw", "<f4", (d,)), ("present", "u1", (n,))])
+        self.header = json.dumps({"blocks": list(blocks.ids), "per_block": per_block, "version": VECTOR_VERSION})
+
+    def _read(self) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(HEADER)
+                if not head.startswith(FORMAT) or self.header.encode() not in head:
+                    return {}  # another layout: recomputed (and the file rewritten) on the next write
+                data = np.frombuffer(fh.read(), np.uint8)
+        except OSError:
+            return {}
+        whole = len(data) // self.record.itemsize * self.record.itemsize
+        rows = data[:whole].view(self.record)
+        return {bytes(r["key"]): (r["raw"], r["present"].astype(bool)) for r in rows}
+
+    def append(self, items: Sequence[tuple[bytes, SearchVector]]) -> bool:
+        """Append records; False when the folder cannot be written (a shipped, read-only library)."""
+        if not items:
+            return True
+        rows = np.zeros(len(items), self.record)
+        for i, (key, vec) in enumerate(items):
+            rows[i] = (key, vec.raw, vec.present.astype(np.uint8))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists() or not self._header_ok()
+            if fresh:
+                tmp = self.path.with_suffix(".part")
+                head = FORMAT + b"\n" + self.header.encode() + b"\n"
+                tmp.write_bytes(head.ljust(HEADER, b" "))
+                tmp.replace(self.path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, rows.tobytes())
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        return True
+
+    def _header_ok(self) -> bool:
+        with contextlib.suppress(OSError), open(self.path, "rb") as fh:
+            head = fh.read(HEADER)
+            return head.startswith(FORMAT) and self.header.encode() in head
+        return False
+
+    def vectors(
+        self, files: Sequence[str], load: Callable[[int], Fingerprint | None]
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """``(raw (n, dim) float32, present (n, blocks) bool, rows computed now)`` for the fingerprint
+        files ``files``; a file without a stored vector is read with ``load(i)`` (None: unusable,
+        its row stays zero and absent) and its vector stored."""
+        stored = self._read()
+        n = len(files)
+        raw = np.zeros((n, self.projector.dim), np.float32)
+        present = np.zeros((n, self.projector.n_blocks), bool)
+        new: list[tuple[bytes, SearchVector]] = []
+        computed: list[int] = []
+        for i, file in enumerate(files):
+            key = entry_key(self.library, file)
+            hit = stored.get(key) if key is not None else None
+            if hit is not None:
+                raw[i], present[i] = hit
+                continue
+            fp = load(i)
+            if fp is None:
+                continue
+            vec = self.projector.vector(fp)
+            raw[i], present[i] = vec.raw, vec.present
+            computed.append(i)
+            if key is not None:
+                new.append((key, vec))
+                if len(new) >= 256:
+                    self.append(new)
+                    new = []
+        self.append(new)
+        return raw, present, computed
+
+
+def record_vector(library: Path, file: str, fp: Fingerprint) -> None:
+    """Store the search vector of ``fp``, just saved as ``library/file`` (LoRAs have none)."""
+    if fp.identity.get("kind") == "lora":
+        return
+    key = entry_key(library, file)
+    if key is None:
+        return
+    vf = VectorFile(library, block_map_of(fp.identity.get("arch") or fp.family))
+    vf.append([(key, vf.projector.vector(fp))])
