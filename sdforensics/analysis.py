@@ -28,6 +28,7 @@ from sdforensics.model.metadata import Metadata, decode
 from sdforensics.model.problems import Problem, problem
 from sdforensics.model.stream import Layout, Progress, identity_pass, open_and_layout, read_layout, stream
 from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.remote import as_location
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.recipe.results import RecipeEstimate
 
@@ -103,7 +104,7 @@ def collect(
     """Read ``path`` once and return its identity :class:`Analysis` (no reference comparison).
     ``opened``: ``path`` already opened (headers validated); it is closed here."""
     if opened is None:
-        ckpt, layout = open_and_layout(Path(path))
+        ckpt, layout = open_and_layout(as_location(path))
     else:
         ckpt = opened
         try:
@@ -144,7 +145,7 @@ def collect(
     for text in meta.problems:
         problems.append(problem("metadata", "info", text))
     return Analysis(
-        path=Path(path),
+        path=as_location(path),
         layout=layout,
         hashes=hashes,
         identity=ident,

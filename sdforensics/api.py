@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sdforensics.analysis import Analysis, LibrarySearch, collect
-from sdforensics.core.errors import SdfError
+from sdforensics.core.errors import SdfError, UnsupportedFormatError
 from sdforensics.core.runtime import blas_threads, torch_threads
 from sdforensics.fingerprinting.fingerprint import (
     Fingerprint,
@@ -39,6 +39,7 @@ from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.embedding import Embedding
 from sdforensics.model.stream import Progress
 from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.remote import as_location, is_url
 from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
 from sdforensics.recipe.text import summarize
 
@@ -78,7 +79,7 @@ def fingerprint_model(
     # On the CPU, leave one core to the hashing threads: torch's pool would only spin-wait for it.
     threads = max(1, (os.cpu_count() or 2) - 2) if fper.device.type == "cpu" else 1 << 10
     with torch_threads(threads):
-        analysis = collect(Path(path), [fper], progress, keep_collector=collector_ref, opened=opened)
+        analysis = collect(as_location(path), [fper], progress, keep_collector=collector_ref, opened=opened)
     digests = collector_ref[0].digests if collector_ref else {}
     return analysis, fper.result(_identity(analysis), digests)
 
@@ -118,7 +119,7 @@ def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None 
         if lora.family is None:
             raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
         return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
-    analysis, fp = fingerprint_model(Path(path), device, progress)
+    analysis, fp = fingerprint_model(as_location(path), device, progress)
     if analysis.architecture.family is None:
         raise SdfError(f"{path}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
     return analysis.architecture.label, fp
@@ -142,15 +143,17 @@ def _open_model(path: Path) -> tuple[Checkpoint | None, Embedding | None]:
     from sdforensics.model.embedding import detect_embedding
     from sdforensics.readers import open_checkpoint
 
-    ckpt = open_checkpoint(Path(path))
+    ckpt = open_checkpoint(as_location(path))
     try:
         lora = is_lora(ckpt.infos())
-        emb = None if lora else detect_embedding(ckpt.infos(), Path(path))
+        emb = None if lora else detect_embedding(ckpt.infos(), as_location(path))
     except BaseException:
         ckpt.close()
         raise
     if lora:
         ckpt.close()
+        if is_url(path):
+            raise UnsupportedFormatError(f"{path}: a LoRA; LoRAs are read from local files only (download it)")
         return None, None
     return ckpt, emb
 
@@ -162,7 +165,7 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
     """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
     from sdforensics.lora.files import describe_lora, read_lora
 
-    analysis = collect(Path(path), progress=progress)
+    analysis = collect(as_location(path), progress=progress)
     info = describe_lora(read_lora(Path(path)))
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
     return replace(analysis, problems=problems, lora=info)
@@ -170,7 +173,7 @@ def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis
 
 def _embedding_analysis(ckpt: Checkpoint, path: Path, emb: Embedding, progress: Progress | None) -> Analysis:
     """A textual-inversion embedding: hashes and metadata as for any file, plus the embedding."""
-    analysis = collect(Path(path), progress=progress, opened=ckpt)
+    analysis = collect(as_location(path), progress=progress, opened=ckpt)
     problems = tuple(p for p in analysis.problems if p.code not in _NOT_FOR_LORAS)
     return replace(analysis, problems=problems, embedding=emb)
 
@@ -183,7 +186,7 @@ def identify(path: Path, progress: Progress | None = None, registry_dirs: list[P
         return describe_lora_file(path, progress)
     if emb is not None:
         return _embedding_analysis(ckpt, path, emb, progress)
-    analysis = collect(Path(path), progress=progress, opened=ckpt)
+    analysis = collect(as_location(path), progress=progress, opened=ckpt)
     return replace(analysis, registry=_registry_matches(analysis, registry_dirs))
 
 
@@ -207,7 +210,7 @@ def analyze(
     except BaseException:
         ckpt.close()
         raise
-    analysis, fp = fingerprint_model(Path(path), device, progress, scheme=scheme, opened=ckpt)
+    analysis, fp = fingerprint_model(as_location(path), device, progress, scheme=scheme, opened=ckpt)
     analysis = replace(analysis, registry=_registry_matches(analysis, registry_dirs))
     return replace(analysis, **compare_and_estimate(analysis, fp, library, library_progress))
 
@@ -383,5 +386,5 @@ def add_reference(
     ``name`` (``official``: the family's base), as ``sdf refs add`` does; returns its entry."""
     from sdforensics.library.store import Library
 
-    _, fp = fingerprint_any(Path(path), device, progress)
+    _, fp = fingerprint_any(as_location(path), device, progress)
     return Library(Path(library)).add(fp, name, official=official)

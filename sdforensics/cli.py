@@ -226,7 +226,12 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
 @app.command()
 def analyze(
     model: Annotated[
-        Path, typer.Argument(metavar="MODEL", help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder.")
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder, or a URL (https://, s3://, hf://...: "
+            "read where it is, never written to disk).",
+        ),
     ],
     library: LibraryOpt = None,
     format: Annotated[
@@ -248,17 +253,20 @@ def analyze(
     """Fingerprint MODEL, compare it with the reference library, estimate its recipe."""
     from sdforensics.api import analyze as do_analyze
     from sdforensics.api import identify
+    from sdforensics.readers.remote import as_location
 
     _writable_out(out)
     _existing_library(library)
     bar = _bar("analyze", quiet)
     compare_bar = _bar("compare", quiet)
 
+    where = as_location(model)
+
     def go() -> Any:
         if identity:
-            return identify(model, progress=bar, registry_dirs=registry)
+            return identify(where, progress=bar, registry_dirs=registry)
         return do_analyze(
-            model, library=library, device=device.value, progress=bar, registry_dirs=registry,
+            where, library=library, device=device.value, progress=bar, registry_dirs=registry,
             library_progress=compare_bar,
         )  # fmt: skip
 

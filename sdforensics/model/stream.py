@@ -130,6 +130,9 @@ def stream(
     if isinstance(ckpt, SafetensorsCheckpoint):
         digester = FileDigester(autov3_start=ckpt.header.data_start, content=content)
         tensors = ckpt.tensors(tap=digester.update)
+    elif hasattr(ckpt, "tapped_tensors"):  # a remote file: its bytes reach the hashers once, as they stream
+        digester = FileDigester(autov3_start=None)
+        tensors = ckpt.tapped_tensors(digester.update)
     else:
         tensors = ckpt.tensors()
     # Sketch sizes follow the architecture's full key table (at this file's width), so a file with
