@@ -109,20 +109,43 @@ def _entry(entries: list[RefEntry], name: str) -> RefEntry:
     return next(e for e in entries if e.name == name)
 
 
-def fingerprint_any(path: Path, device: str = "auto", progress: Progress | None = None) -> tuple[str, Fingerprint]:
-    """The fingerprint of a model or of a LoRA (its change at strength 1), and a label of what it is."""
-    if is_lora_file(path):
+def fingerprint_any(
+    path: Path, device: str = "auto", progress: Progress | None = None, scheme: Scheme | None = None
+) -> tuple[str, Fingerprint]:
+    """The fingerprint of a model, of a LoRA (its change at strength 1) or of a textual-inversion
+    embedding (its vectors), and a label of what it is. ``scheme``: the library's (default: today's)."""
+    ckpt, emb = _open_model(path)
+    if ckpt is None:
         from sdforensics.lora.files import read_lora
         from sdforensics.lora.fingerprint import lora_fingerprint
 
         lora = read_lora(Path(path))
         if lora.family is None:
             raise SdfError(f"{path}: a LoRA for no known architecture; it cannot be a reference")
-        return f"LoRA for {lora.family}, rank {lora.rank}", lora_fingerprint(lora, device=resolve_device(device))
-    analysis, fp = fingerprint_model(as_location(path), device, progress)
+        fp = lora_fingerprint(lora, scheme, device=resolve_device(device))
+        return f"LoRA for {lora.family}, rank {lora.rank}", fp
+    if emb is not None:
+        label = f"embedding for {emb.family or 'an unknown family'}"
+        return label, _embedding_fingerprint(ckpt, as_location(path), emb, scheme)
+    analysis, fp = fingerprint_model(as_location(path), device, progress, scheme=scheme, opened=ckpt)
     if analysis.architecture.family is None:
         raise SdfError(f"{path}: not a known architecture ({analysis.architecture.label}); cannot be a reference")
     return analysis.architecture.label, fp
+
+
+def _embedding_fingerprint(ckpt: Checkpoint, path: Path, emb: Embedding, scheme: Scheme | None) -> Fingerprint:
+    """An embedding's vectors, stored exactly (a few thousand values), with its file hash and tokens."""
+    from sdforensics.library.manifest import sha256_file
+
+    fper = Fingerprinter(scheme, resolve_device("cpu"))
+    try:
+        for info, tensor in ckpt.tensors():
+            fper.consume(info.name, info, tensor)
+    finally:
+        ckpt.close()
+    identity = {"kind": "embedding", "family": emb.family, "tokens": list(emb.tokens), "format": emb.format,
+                "sha256": sha256_file(path), "source_file": path.name}
+    return fper.result(identity)
 
 
 def is_lora_file(path: Path) -> bool:

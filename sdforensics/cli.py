@@ -159,14 +159,17 @@ def _existing_library(library: Path | None) -> None:
                     f"--library {library}')")
 
 
-def _add_reference(lib: Library, fp: Fingerprint, name: str, official: bool) -> RefEntry:
+def _add_reference(lib: Library, fp: Fingerprint, name: str, official: bool, model: Path | None = None) -> RefEntry:
     """Add ``fp`` to ``lib`` as ``name`` (``refs add`` and ``refs import``), first warning on stderr when
-    that replaces a reference or stores a file the library already holds under another name."""
+    that replaces a reference or stores a file the library already holds under another name.
+    ``model``: the file it was made from, recorded in the catalog."""
     from sdforensics.library.refcheck import add_warnings
+    from sdforensics.library.store import source_file
 
     for warning in add_warnings(lib, name, fp.identity):
         typer.echo(f"warning: {printable(warning, 500)}", err=True)
-    return lib.add(fp, name, official=official)
+    src = source_file(model, fp.identity.get("sha256")) if model is not None else None
+    return lib.add(fp, name, official=official, sources=[src] if src else [])
 
 
 def _writable_out(out: Path | None) -> None:
@@ -353,10 +356,13 @@ def refs_add(
     bar = _bar("fingerprint", quiet)
 
     def go() -> str:
-        label, fp = fingerprint_any(model, device.value, bar)
-        bar.close()
+        from sdforensics.fingerprinting.fingerprint import scheme_from_json
+
         lib = Library(_target_library(library))
-        entry = _add_reference(lib, fp, name, official)
+        recorded = lib.scheme()  # made the library's way, so a library of an older scheme keeps growing
+        label, fp = fingerprint_any(model, device.value, bar, scheme=scheme_from_json(recorded) if recorded else None)
+        bar.close()
+        entry = _add_reference(lib, fp, name, official, model)
         size = entry.path.stat().st_size
         kind = "official base" if official else "reference"
         return f"added {kind} {name!r} ({label}) to {lib.folder} ({size / 1e6:.1f} MB fingerprint)"
@@ -432,7 +438,8 @@ def refs_list(
 
 @refs_app.command("verify")
 def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.text, quiet: QuietOpt = False) -> None:
-    """Check every library file against its MANIFEST.sha256 (exit 1 when one differs)."""
+    """Check the catalog and every fingerprint file against the SHA-256 it recorded (a registry folder: its
+    MANIFEST.sha256); exit 1 when one differs."""
     from sdforensics.library.store import Library, search_path
 
     _existing_library(library)
@@ -454,7 +461,7 @@ def refs_verify(library: LibraryOpt = None, format: ListFormatOpt = ListFormat.t
         for p in problems:
             typer.echo(printable(p, 500), err=True)
         if not problems and not quiet:
-            typer.echo("ok: every library file matches its manifest")
+            typer.echo("ok: every library file matches what its library recorded")
     if problems:
         raise typer.Exit(1)
 
@@ -483,6 +490,81 @@ def refs_build_official(
         return "\n".join(f"added official {n!r} from {printable(str(p), 200)}" for n, p in added)
 
     _emit(run(go), None)
+
+
+# ---------------------------------------------------------------- index
+
+
+@app.command()
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(metavar="PATH", help="Model files or folders (searched recursively).")
+    ],
+    library: Annotated[
+        Path | None,
+        typer.Option("--library", metavar="DIR", help="The library folder to index into (default: the user library)."),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Files fingerprinted at once.")] = 1,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when a file was skipped (not a model, unreadable, hostile).")
+    ] = False,
+    device: DeviceOpt = Device.cpu,
+    format: ListFormatOpt = ListFormat.text,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fingerprint every model under PATH... into the library; a re-run reads only new or changed files."""
+    from sdforensics.collection.engine import LocalEngine
+    from sdforensics.collection.index import index_paths
+
+    show = _index_progress(quiet)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # each worker its share of the cores
+    summary = run(lambda: index_paths(paths, _target_library(library), LocalEngine(jobs), show, device.value,
+                                      threads=threads))
+    if format is ListFormat.json:
+        _emit(json_out.dumps(summary.to_json(), indent=1), None)
+    else:
+        _emit(_index_text(summary), None)
+    if strict and summary.skipped:
+        raise typer.Exit(1)
+
+
+def _index_progress(quiet: bool) -> Callable[[Any], None] | None:
+    """Progress on stderr: redrawn in place on a terminal, one line per file otherwise."""
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(p: Any) -> None:
+        if p.files_total == 0:
+            return
+        eta = f", ETA {p.eta:.0f} s" if p.eta is not None and p.files_done < p.files_total else ""
+        line = (f"index: {p.files_done}/{p.files_total} files, {p.bytes_done / 1e9:.2f}/{p.bytes_total / 1e9:.2f} GB, "
+                f"{p.rate / 1e6:.0f} MB/s{eta}")
+        if p.last is not None and not tty:
+            line += f"  {p.last.status}: {printable(p.last.path, 200)}"
+        typer.echo(("\r" + line + " " * 8) if tty else line, err=True, nl=not tty)
+        if tty and p.files_done == p.files_total:
+            typer.echo("", err=True)
+
+    return show
+
+
+def _index_text(summary: Any) -> str:
+    lines = [f"{len(summary.fingerprinted)} fingerprinted, {summary.unchanged} unchanged, "
+             f"{len(summary.same)} touched (same content), {len(summary.moved)} moved or copied, "
+             f"{len(summary.skipped)} skipped; {summary.files} model files under the paths, "
+             f"library {summary.library} ({summary.seconds:.1f} s)"]
+    lines += [f"added {printable(n, 100)}{' (official base)' if n in summary.official else ''}: {printable(p, 300)}"
+              for p, n in summary.fingerprinted]
+    lines += [f"recognised {printable(p, 300)} as {printable(n, 100)} (by its sha256)" for p, n in summary.moved]
+    not_models = [(p, r) for p, r in summary.skipped if r.startswith("not a model file")]
+    others = [(p, r) for p, r in summary.skipped if not r.startswith("not a model file")]
+    lines += [f"skipped {printable(p, 300)}: {printable(r, 300)}" for p, r in others]
+    if len(not_models) > 10:
+        lines.append(f"skipped {len(not_models)} files that are not model files (listed with --format json)")
+    else:
+        lines += [f"skipped {printable(p, 300)}: {r}" for p, r in not_models]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- synth

@@ -107,10 +107,10 @@ def test_a_changed_reference_is_left_out_and_named(library: Path, family: dict[s
     shutil.copytree(library, lib)
     specs = family_specs("sd1", width=16, finetunes=6, seed=3)
     mix = write_safetensors(Merge(((0.6, specs["ft1"]), (0.4, specs["ft2"]))), tmp_path / "mix.safetensors")
-    index = json.loads((lib / "library.json").read_text())
-    ft2 = next(e for e in index["entries"] if e["name"] == "ft2")
-    ft3 = next(e for e in index["entries"] if e["name"] == "ft3")
-    shutil.copyfile(lib / ft3["file"], lib / ft2["file"])  # ft2's file swapped for ft3's
+    from sdforensics.library.store import Library
+
+    index = Library(lib)
+    shutil.copyfile(index.get("ft3").path, index.get("ft2").path)  # ft2's file swapped for ft3's
     res = sdf("analyze", mix, "--library", lib, "-q")
     assert res.exit_code == 0
     assert "left out ft2: its fingerprint" in res.stdout and "changed since it was added" in res.stdout

@@ -48,6 +48,21 @@ def sha256_file(path: Path, chunk: int = CHUNK) -> str:
     return digest.hexdigest()
 
 
+QUICK_BYTES = 1 << 20
+
+
+def quick_signature(path: Path, size: int) -> str:
+    """SHA-256 of the size and the first and last MiB: files that differ almost always differ here,
+    so a moved file is found among same-size candidates before its whole content is hashed."""
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(QUICK_BYTES))
+        if size > 2 * QUICK_BYTES:
+            fh.seek(size - QUICK_BYTES)
+        h.update(fh.read(QUICK_BYTES))
+    return h.hexdigest()
+
+
 def _listed_files(folder: Path) -> list[str]:
     """Relative POSIX paths of every file under ``folder`` except the manifest, sorted."""
     found: list[str] = []

@@ -1,8 +1,9 @@
 """Checks on the reference library that ``sdf refs add`` and ``sdf analyze`` make before trusting it.
 
 * :func:`changed_references` -- references whose fingerprint file no longer has the SHA-256 the
-  library's ``MANIFEST.sha256`` recorded when it was added (edited, truncated, swapped): the
-  analysis leaves them out and names them, instead of fitting a recipe to a tampered file.
+  library's catalog recorded when it was added (edited, truncated, swapped): the analysis leaves
+  them out and names them, instead of fitting a recipe to a tampered file. Only files whose size
+  or mtime changed are read.
 * :func:`add_warnings` -- what adding a reference would silently do: replace a reference of the
   same name, or store a model already in the library under another name.
 """
@@ -14,39 +15,36 @@ from pathlib import Path
 from typing import Any
 
 from sdforensics.core.errors import LibraryError
-from sdforensics.library.manifest import read_manifest, sha256_file
+from sdforensics.library.manifest import sha256_file
 from sdforensics.library.store import Library, RefEntry
 
 
 def changed_references(entries: Sequence[RefEntry]) -> tuple[list[RefEntry], list[str]]:
-    """``(entries whose file matches the manifest, one line per reference left out)``.
+    """``(entries whose fingerprint file is the one the catalog recorded, one line per reference left out)``.
 
-    A library without a manifest (or whose manifest does not list the file) cannot be checked;
-    its entries are kept as they are, since ``sdf refs verify`` reports a missing manifest.
+    A file whose size and mtime are those recorded is taken as unchanged without being read; only
+    a file whose size or mtime moved is hashed and compared with the recorded SHA-256. An entry
+    with no recorded hash (a version 1 library without a manifest) cannot be checked and is kept.
     """
-    manifests: dict[Path, dict[str, str] | None] = {}
     good: list[RefEntry] = []
     dropped: list[str] = []
     for entry in entries:
-        folder = entry.library
-        if folder not in manifests:
-            try:
-                manifests[folder] = read_manifest(folder)
-            except LibraryError:
-                manifests[folder] = None
-        listed = manifests[folder]
-        want = listed.get(entry.file) if listed else None
-        if want is None:
+        want = entry.fp_sha256
+        if not want:
             good.append(entry)
             continue
         try:
+            st = entry.path.stat()
+            if st.st_size == entry.fp_size and st.st_mtime_ns == entry.fp_mtime_ns:
+                good.append(entry)
+                continue
             have = sha256_file(entry.path)
         except OSError as err:
             dropped.append(f"{entry.name}: its fingerprint {entry.file} cannot be read ({err.strerror})")
             continue
         if have != want:
             dropped.append(f"{entry.name}: its fingerprint {entry.file} changed since it was added "
-                           f"(sha256 {have[:12]}, manifest {want[:12]}); re-add it or run 'sdf refs verify'")
+                           f"(sha256 {have[:12]}, recorded {want[:12]}); re-add it or run 'sdf refs verify'")
         else:
             good.append(entry)
     return good, dropped

@@ -25,6 +25,8 @@ def list_references(library: Path | None, include_registry: bool = True) -> list
                 "library": str(folder),
                 "sha256": e.identity.get("sha256"),
                 "source": f"fingerprinted from {e.identity.get('source_file')}",
+                "kind": e.kind,
+                "paths": [s.path for s in e.sources],
             }
             rows.append(row)
             if row["sha256"]:
