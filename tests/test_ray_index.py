@@ -120,8 +120,6 @@ def test_a_worker_killed_mid_run_has_its_file_redone(cluster: None, models: Path
         stop.set()
         thread.join()
     assert killed, "no worker was caught running a task"
-    assert not os.path.exists(f"/proc/{killed[0]}/cmdline") or b"run_task" not in open(
-        f"/proc/{killed[0]}/cmdline", "rb").read()
     assert not summary.skipped, summary.skipped
     assert _content(lib) == _content(local_library)  # complete, nothing twice, nothing partial
     assert Library(lib).verify() == []
@@ -145,4 +143,5 @@ def test_cli_engine_ray_and_its_absence(cluster: None, models: Path, local_libra
     monkeypatch.setattr(builtins, "__import__", no_ray)
     res = sdf("index", models, "--library", tmp_path / "lib2", "--engine", "ray", "-q")
     assert res.exit_code == 2
-    assert res.stderr.strip() == "error: --engine ray needs Ray, which is not installed: pip install 'sdforensics[cluster]'"
+    line = "--engine ray needs Ray, which is not installed: pip install 'sdforensics[cluster]'"
+    assert res.stderr.strip() == f"error: {line}"
