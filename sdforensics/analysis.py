@@ -29,6 +29,7 @@ from sdforensics.model.metadata import Metadata, decode
 from sdforensics.model.problems import Problem, problem
 from sdforensics.model.stream import Layout, Progress, identity_pass, read_layout, stream
 from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.remote import as_location
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 from sdforensics.recipe.results import RecipeEstimate
 
@@ -136,7 +137,7 @@ def _assemble(path: Path, layout: Layout, hashes: FileHashes | None, ident: Iden
     for text in meta.problems:
         problems.append(problem("metadata", "info", text))
     return Analysis(
-        path=Path(path),
+        path=as_location(path),
         layout=layout,
         hashes=hashes,
         identity=ident,

@@ -37,6 +37,7 @@ from sdforensics.model.embedding import Embedding, detect_embedding
 from sdforensics.model.stream import Progress
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint
+from sdforensics.readers.remote import as_location
 from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
 from sdforensics.recipe.text import summarize
 
@@ -62,8 +63,8 @@ def fingerprint_model(
 ) -> tuple[Analysis, Fingerprint]:
     """Read ``path`` once: its identity analysis and its fingerprint."""
     fper = Fingerprinter(scheme, resolve_device(device))
-    with open_checkpoint(Path(path)) as ckpt:
-        return _fingerprint_open(Path(path), ckpt, fper, progress)
+    with open_checkpoint(as_location(path)) as ckpt:
+        return _fingerprint_open(as_location(path), ckpt, fper, progress)
 
 
 def _fingerprint_open(
@@ -106,7 +107,7 @@ def fingerprint_any(
 ) -> tuple[str, Fingerprint]:
     """The fingerprint of a model, of a LoRA (its change at strength 1) or of a textual-inversion
     embedding (its vectors), and a label of what it is. ``scheme``: the library's (default: today's)."""
-    path = Path(path)
+    path = as_location(path)
     with open_checkpoint(path) as ckpt:
         infos = ckpt.infos()
         if is_lora(infos):
@@ -141,7 +142,7 @@ def _embedding_fingerprint(ckpt: Checkpoint, path: Path, emb: Embedding, scheme:
 
 def is_lora_file(path: Path) -> bool:
     """True when ``path`` holds a LoRA (decided from its tensor names and shapes, headers only)."""
-    with open_checkpoint(Path(path)) as ckpt:
+    with open_checkpoint(as_location(path)) as ckpt:
         return is_lora(ckpt.infos())
 
 
@@ -165,8 +166,8 @@ def _embedding_analysis(path: Path, ckpt: Checkpoint, emb: Embedding, progress: 
 
 def describe_lora_file(path: Path, progress: Progress | None = None) -> Analysis:
     """A LoRA file: hashes and metadata as for any file, plus what the LoRA targets."""
-    with open_checkpoint(Path(path)) as ckpt:
-        return _lora_analysis(Path(path), ckpt, progress)
+    with open_checkpoint(as_location(path)) as ckpt:
+        return _lora_analysis(as_location(path), ckpt, progress)
 
 
 def _not_a_model(path: Path, ckpt: Checkpoint, progress: Progress | None) -> Analysis | None:
@@ -181,7 +182,7 @@ def _not_a_model(path: Path, ckpt: Checkpoint, progress: Progress | None) -> Ana
 def identify(path: Path, progress: Progress | None = None, registry_dirs: list[Path] | None = None) -> Analysis:
     """What the file is (format, architecture, hashes, metadata, problems, registry matches): one read,
     no fingerprint and no comparison."""
-    path = Path(path)
+    path = as_location(path)
     with open_checkpoint(path) as ckpt:
         other = _not_a_model(path, ckpt, progress)
         if other is not None:
@@ -200,7 +201,7 @@ def analyze(
 ) -> Analysis:
     """Fingerprint ``path``, compare it with the reference library, estimate its recipe.
     ``progress``: bytes of the model read; ``library_progress``: bytes of fingerprints compared."""
-    path = Path(path)
+    path = as_location(path)
     with open_checkpoint(path) as ckpt:
         other = _not_a_model(path, ckpt, progress)
         if other is not None:
@@ -438,5 +439,5 @@ def add_reference(
 ) -> RefEntry:
     """Fingerprint the checkpoint or LoRA at ``path`` into the library folder ``library`` as
     ``name`` (``official``: the family's base), as ``sdf refs add`` does; returns its entry."""
-    _, fp = fingerprint_any(Path(path), device, progress)
+    _, fp = fingerprint_any(as_location(path), device, progress)
     return Library(Path(library)).add(fp, name, official=official)

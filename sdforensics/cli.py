@@ -229,7 +229,12 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
 @app.command()
 def analyze(
     model: Annotated[
-        Path, typer.Argument(metavar="MODEL", help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder.")
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A .safetensors, .ckpt/.pt/.bin file or a diffusers folder, or a URL (https://, s3://, hf://...: "
+            "read where it is, never written to disk).",
+        ),
     ],
     library: LibraryOpt = None,
     format: Annotated[
@@ -251,17 +256,20 @@ def analyze(
     """Fingerprint MODEL, compare it with the reference library, estimate its recipe."""
     from sdforensics.api import analyze as do_analyze
     from sdforensics.api import identify
+    from sdforensics.readers.remote import as_location
 
     _writable_out(out)
     _existing_library(library)
     bar = _bar("analyze", quiet)
     compare_bar = _bar("compare", quiet)
 
+    where = as_location(model)
+
     def go() -> Any:
         if identity:
-            return identify(model, progress=bar, registry_dirs=registry)
+            return identify(where, progress=bar, registry_dirs=registry)
         return do_analyze(
-            model, library=library, device=device.value, progress=bar, registry_dirs=registry,
+            where, library=library, device=device.value, progress=bar, registry_dirs=registry,
             library_progress=compare_bar,
         )  # fmt: skip
 
@@ -487,10 +495,20 @@ def refs_build_official(
 # ---------------------------------------------------------------- index
 
 
+class EngineName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def index(
     paths: Annotated[
-        list[Path], typer.Argument(metavar="PATH", help="Model files or folders (searched recursively).")
+        list[str],
+        typer.Argument(
+            metavar="PATH",
+            help="Model files or folders (searched recursively), or URLs of model files (https://, s3://, hf://...: "
+            "read where they are).",
+        ),
     ],
     library: Annotated[
         Path | None,
@@ -503,15 +521,38 @@ def index(
     device: DeviceOpt = Device.cpu,
     format: ListFormatOpt = ListFormat.text,
     quiet: QuietOpt = False,
+    engine: Annotated[
+        EngineName,
+        typer.Option("--engine", metavar="local|ray",
+                     help="local: a process pool here (--jobs); ray: one Ray task per file on a Ray cluster."),
+    ] = EngineName.local,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", metavar="ADDR",
+                     help="The Ray cluster (e.g. ray://head:10001, auto); default: a local one for this run."),
+    ] = None,
 ) -> None:
     """Fingerprint every model under PATH... into the library; a re-run reads only new or changed files."""
     from sdforensics.collection.engine import LocalEngine
     from sdforensics.collection.index import index_paths
+    from sdforensics.readers.remote import as_location
 
     show = _index_progress(quiet)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # each worker its share of the cores
-    summary = run(lambda: index_paths(paths, _target_library(library), LocalEngine(jobs), show, device.value,
-                                      threads=threads))
+    where: list[Path | str] = [str(as_location(p)) if "://" in p else Path(p) for p in paths]
+
+    def go() -> Any:
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # each worker its share of the cores
+        run_on: Any = LocalEngine(jobs)
+        if engine is EngineName.ray:
+            from sdforensics.collection.ray_engine import RayEngine
+            from sdforensics.collection.task import failed_result
+
+            run_on, threads = RayEngine(address, use_gpus=device.value != "cpu", failed=failed_result), None
+        elif address is not None:
+            raise SdfError("--address names a Ray cluster; use it with --engine ray")
+        return index_paths(where, _target_library(library), run_on, show, device.value, threads=threads)
+
+    summary = run(go)
     if format is ListFormat.json:
         _emit(json_out.dumps(summary.to_json(), indent=1), None)
     else:

@@ -1,6 +1,6 @@
 """Fuzz targets for the checkpoint readers: seed corpora, mutators and the contract they check.
 
-Shared by ``tests/test_fuzz.py`` (a short hypothesis run in CI) and ``bench/fuzz.py`` (the long
+Shared by ``tests/readers/test_fuzz.py`` (a short hypothesis run in CI) and ``bench/fuzz.py`` (the long
 run). Every input is a *mutated copy of a valid seed*, built by one of five targets:
 
 ==============  ==========================================================================

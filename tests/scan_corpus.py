@@ -8,7 +8,7 @@ checkpoints written by ``torch.save`` itself. Each payload only creates its own 
 ``torch.load(weights_only=False)`` is *checked*, by :func:`check_runs` (one subprocess that
 forks once per file, in the corpus folder), not assumed.
 
-Used by ``tests/test_scan_corpus.py`` and ``bench/scanners.py``::
+Used by ``tests/readers/test_scan_corpus.py`` and ``bench/scanners.py``::
 
     python tests/scan_corpus.py DIR          # write the corpus into DIR, print its manifest (JSON)
     python tests/scan_corpus.py --check DIR  # load each file with torch.load, print {name: ran code}

@@ -22,6 +22,7 @@ from sdforensics.collection.task import FileResult, FileTask, run_task, stat_key
 from sdforensics.core.errors import LibraryError
 from sdforensics.library.registry import Registry, shipped_registry
 from sdforensics.library.store import Library, SourceFile, put_source
+from sdforensics.readers.remote import is_url
 
 SCHEMA = "sdforensics.index/1"
 
@@ -81,7 +82,7 @@ class Progress:
 
 
 def index_paths(
-    paths: Sequence[Path],
+    paths: Sequence[Path | str],
     library: Path,
     engine: Engine | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -100,11 +101,14 @@ def index_paths(
     lib = Library(library)
     with lib.writing():  # creates the catalog, sweeps what a killed run left
         pass
-    found = discover(paths, lib.folder)
-    summary = IndexSummary(lib.folder, files=len(found.models))
+    urls = [str(p) for p in paths if is_url(p)]  # read where they are (readers.remote)
+    local = [Path(p) for p in paths if not is_url(p)]
+    found = discover(local, lib.folder)
+    summary = IndexSummary(lib.folder, files=len(found.models) + len(urls))
     summary.skipped += [(str(p), why) for p, why in found.not_models]
     with lib.connect() as con:
         tasks = _plan(con, found.models, lib.scheme(), device, summary, threads)
+        tasks += _plan_urls(con, urls, lib.scheme(), device, summary, threads)
     total = sum(t.size for t in tasks)
     done_bytes = 0
     if progress is not None:
@@ -115,7 +119,7 @@ def index_paths(
         summary.bytes_read += result.bytes_read
         if progress is not None:
             progress(Progress(done_files, len(tasks), done_bytes, total, time.monotonic() - start, result))
-    _forget_vanished(lib, paths, found.models)
+    _forget_vanished(lib, local, found.models)
     summary.seconds = time.monotonic() - start
     return summary
 
@@ -154,6 +158,24 @@ def _plan(
         recorded = old[2] if old is not None and old[0] == size and not is_dir else None
         peers = () if is_dir else tuple(sorted(set(by_size.get(size, ()))))
         tasks.append(FileTask(key, size, mtime, is_dir, recorded, peers, scheme, device, threads))
+    return tasks
+
+
+def _plan_urls(
+    con: sqlite3.Connection,
+    urls: Sequence[str],
+    scheme: dict[str, Any] | None,
+    device: str,
+    summary: IndexSummary,
+    threads: int | None = None,
+) -> list[FileTask]:
+    """A URL the catalog already records is not read again (no request is made to plan)."""
+    tasks = []
+    for url in dict.fromkeys(urls):
+        if con.execute("SELECT 1 FROM sources WHERE path=?", (url,)).fetchone():
+            summary.unchanged += 1
+            continue
+        tasks.append(FileTask(url, 0, 0, False, None, (), scheme, device, threads))
     return tasks
 
 
@@ -202,7 +224,7 @@ def _unique_name(con: sqlite3.Connection, stem: str) -> str:
 def _drop_vanished_sources(con: sqlite3.Connection, ref_id: int) -> None:
     """A reference's recorded files that are gone from disk (it moved): forget those paths."""
     for (path,) in con.execute("SELECT path FROM sources WHERE ref_id=?", (ref_id,)).fetchall():
-        if not Path(path).exists():
+        if not is_url(path) and not Path(path).exists():
             con.execute("DELETE FROM sources WHERE path=?", (path,))
 
 

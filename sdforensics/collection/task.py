@@ -26,6 +26,7 @@ from sdforensics.core.errors import SdfError
 from sdforensics.core.safetext import printable
 from sdforensics.fingerprinting.fingerprint import Fingerprint, scheme_from_json
 from sdforensics.library.manifest import quick_signature, sha256_file
+from sdforensics.readers.remote import as_location, is_url
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class FileResult:
 def run_task(task: FileTask) -> FileResult:
     """Do one file (see the module docstring); never raises for a bad file."""
     start = time.monotonic()
+    if is_url(task.path):
+        return _remote_task(task, start)
     path = Path(task.path)
     try:
         quick = None
@@ -98,6 +101,27 @@ def run_task(task: FileTask) -> FileResult:
     except Exception as err:  # a bug on one file must not stop the run: say so, go on
         reason = f"unexpected {type(err).__name__}: {err} (a bug in sdforensics)"
     return _result(task, "skipped", reason=printable(reason, 300), seconds=time.monotonic() - start)
+
+
+def _remote_task(task: FileTask, start: float) -> FileResult:
+    """A URL: streamed once by the remote reader (the reader's own allowlist refuses hostile pickles);
+    no move detection (there is no local file to hash cheaply)."""
+    try:
+        label, fp = _fingerprint(as_location(task.path), task)
+        size = int(fp.identity.get("bytes") or 0) or task.size
+        sha = str(fp.identity.get("sha256") or "") or _folder_digest(fp)
+        return FileResult(task.path, size, task.mtime_ns, "fingerprinted", sha256=sha, label=label,
+                          fingerprint=fp, seconds=time.monotonic() - start, bytes_read=size)
+    except SdfError as err:
+        reason = str(err).removeprefix(f"{task.path}: ")
+    except Exception as err:  # a bug on one file must not stop the run: say so, go on
+        reason = f"unexpected {type(err).__name__}: {err} (a bug in sdforensics)"
+    return _result(task, "skipped", reason=printable(reason, 300), seconds=time.monotonic() - start)
+
+
+def failed_result(task: FileTask, reason: str) -> FileResult:
+    """The result of a task no worker could finish (an engine's every try died)."""
+    return _result(task, "skipped", reason=printable(reason, 300))
 
 
 def _result(task: FileTask, status: str, **fields: Any) -> FileResult:

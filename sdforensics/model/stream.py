@@ -20,7 +20,7 @@ from sdforensics.model.byte_identity import ByteIdentity, TensorSpan
 from sdforensics.model.detect import ArchitectureReport, detect, scaled
 from sdforensics.model.hashing import SLICE, FileDigester, FileHashes, hash_file
 from sdforensics.model.keymap import KeyMapping, canonicalize
-from sdforensics.readers.base import Checkpoint, FormatInfo, TensorInfo
+from sdforensics.readers.base import Checkpoint, FormatInfo, TappedCheckpoint, TensorInfo
 from sdforensics.readers.safetensors_reader import SafetensorsCheckpoint
 
 if TYPE_CHECKING:
@@ -118,6 +118,10 @@ def stream(
     if isinstance(ckpt, SafetensorsCheckpoint):
         with FileDigester(autov3_start=ckpt.header.data_start, content=content) as digester:
             _feed(ckpt.tensors(tap=digester.update), layout, consumers, progress)
+            return digester.finish()
+    if isinstance(ckpt, TappedCheckpoint):  # a remote file: its bytes reach the hashers once, as they stream
+        with FileDigester(autov3_start=None) as digester:
+            _feed(ckpt.tapped_tensors(digester.update), layout, consumers, progress)
             return digester.finish()
     _feed(ckpt.tensors(), layout, consumers, progress)
     if layout.path.is_file():

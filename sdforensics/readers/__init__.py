@@ -19,8 +19,16 @@ from sdforensics.readers.containers import sniff
 from sdforensics.readers.safetensors_reader import open_safetensors
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """Open any supported checkpoint, validating its headers; raises :class:`SdfError` subclasses."""
+def open_checkpoint(path: Path | str) -> Checkpoint:
+    """Open any supported checkpoint, validating its headers; raises :class:`SdfError` subclasses.
+    A URL (``https://...``, ``s3://...``, a :class:`~sdforensics.readers.remote.RemotePath`) is read
+    where it is (:mod:`sdforensics.readers.remote`)."""
+    from sdforensics.readers.remote import is_url
+
+    if is_url(path):
+        from sdforensics.readers.remote import open_remote
+
+        return open_remote(str(path))
     path = Path(path)
     kind = sniff(path)
     if kind in ("safetensors", "safetensors-like"):  # the reader validates the header, or says why not

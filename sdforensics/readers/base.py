@@ -13,7 +13,7 @@ single-file (ldm/sgm) names the rest of the package uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
@@ -75,6 +75,10 @@ class FormatInfo:
     """Anomalies that did not stop reading (trailing bytes, odd zip members ...)."""
 
 
+ByteTap = Callable[[memoryview | bytes | bytearray], None]
+"""Receives a file's bytes in order as a reader reads them (the hashers)."""
+
+
 @runtime_checkable
 class Checkpoint(Protocol):
     """An opened, header-validated checkpoint."""
@@ -96,6 +100,15 @@ class Checkpoint(Protocol):
     def __enter__(self) -> Checkpoint: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class TappedCheckpoint(Checkpoint, Protocol):
+    """A checkpoint whose reader brings the file's bytes itself (a URL read by range requests):
+    :meth:`tapped_tensors` hands every byte, in file order, to ``tap`` while it yields the tensors,
+    so the file hashes come from the same single read."""
+
+    def tapped_tensors(self, tap: ByteTap) -> Iterator[tuple[TensorInfo, torch.Tensor]]: ...
 
 
 class ClosingCheckpoint:

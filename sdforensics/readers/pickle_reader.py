@@ -372,19 +372,42 @@ class PickleCheckpoint(ClosingCheckpoint):
             for info, (_, t) in zip(infos, self._tensors, strict=True):
                 if t.storage.key != key:
                     key, base = t.storage.key, self._read_storage(f, t.storage)
-                out = torch.as_strided(base, t.shape, t.stride, t.offset) if base.numel() else \
-                    torch.empty(t.shape, dtype=t.storage.dtype.torch_dtype)
-                yield info, out.contiguous()
+                yield info, self.tensor_view(base, t)
 
     def _read_storage(self, f: io.BufferedReader, ref: StorageRef) -> torch.Tensor:
+        offset, length = self.storage_span(ref)
+        if length == 0:
+            return torch.empty(0, dtype=ref.dtype.torch_dtype)
+        buf = bytearray(length)
+        f.seek(offset)
+        if f.readinto(buf) != len(buf):
+            raise CorruptFileError(f"{self.path}: storage {ref.key!r} is truncated")
+        return self.storage_tensor(buf, ref)
+
+    # -- for readers that bring the bytes themselves (readers.remote streams a URL once)
+    def ordered_tensors(self) -> list[tuple[str, LazyTensor]]:
+        """The tensors as :meth:`tensors` yields them (storage order)."""
+        return list(self._tensors)
+
+    def storage_span(self, ref: StorageRef) -> tuple[int, int]:
+        """(file offset, bytes to read) of a storage; 0 bytes for an empty one."""
+        st = self._storages[ref.key]
+        nbytes = ref.numel * ref.dtype.itemsize
+        if nbytes == 0:
+            return st.offset, 0
+        return st.offset, (st.nbytes if st.crc is not None else nbytes)
+
+    def tensor_view(self, base: torch.Tensor, t: LazyTensor) -> torch.Tensor:
+        out = torch.as_strided(base, t.shape, t.stride, t.offset) if base.numel() else \
+            torch.empty(t.shape, dtype=t.storage.dtype.torch_dtype)
+        return out.contiguous()
+
+    def storage_tensor(self, buf: bytearray, ref: StorageRef) -> torch.Tensor:
+        """A storage's bytes (as read from its span) as a typed tensor, CRC-checked when zipped."""
         st = self._storages[ref.key]
         nbytes = ref.numel * ref.dtype.itemsize
         if nbytes == 0:
             return torch.empty(0, dtype=ref.dtype.torch_dtype)
-        buf = bytearray(st.nbytes if st.crc is not None else nbytes)
-        f.seek(st.offset)
-        if f.readinto(buf) != len(buf):
-            raise CorruptFileError(f"{self.path}: storage {ref.key!r} is truncated")
         if st.crc is not None and st.crc != 0 and _crc(buf) != st.crc:
             raise CorruptFileError(f"{self.path}: storage {ref.key!r} fails its CRC-32 check; the file is "
                                    "damaged. Download it again.")
@@ -520,20 +543,26 @@ def open_pickle(path: Path) -> PickleCheckpoint:
             raise CorruptFileError(f"{path}: not a regular file")
         with open(path, "rb") as f:
             size = f.seek(0, 2)
-            f.seek(0)
-            head = f.read(512)
-            fmt = sniff_bytes(head, size)
-            if fmt == "zip" or (fmt in ("unknown", "safetensors-like") and re.search(b"PK\x05\x06", _tail(f, size))):
-                return _open_zip(path, f)
-            if fmt in ("pickle", "pickle-text"):
-                return _open_legacy(path, f, size)
-            what = {"safetensors": "a safetensors file, not a pickle; open it with the safetensors reader",
-                    "torch-tar": "a torch 0.1.x tar checkpoint, which sdforensics does not read"}
-            if fmt in what:
-                raise UnsupportedFormatError(f"{path}: {what[fmt]}")
-            raise CorruptFileError(f"{path}: not a torch checkpoint (neither a zip nor a pickle)")
+            return open_pickle_file(path, f, size)
     except OSError as err:
         raise CorruptFileError(f"{path}: cannot read the file ({err.strerror or err})") from None
+
+
+def open_pickle_file(path: Path, f: BinaryIO, size: int) -> PickleCheckpoint:
+    """:func:`open_pickle` on an open, seekable file of ``size`` bytes (``path`` names it in messages;
+    readers.remote passes a file over range requests)."""
+    f.seek(0)
+    head = f.read(512)
+    fmt = sniff_bytes(head, size)
+    if fmt == "zip" or (fmt in ("unknown", "safetensors-like") and re.search(b"PK\x05\x06", _tail(f, size))):
+        return _open_zip(path, f)
+    if fmt in ("pickle", "pickle-text"):
+        return _open_legacy(path, f, size)
+    what = {"safetensors": "a safetensors file, not a pickle; open it with the safetensors reader",
+            "torch-tar": "a torch 0.1.x tar checkpoint, which sdforensics does not read"}
+    if fmt in what:
+        raise UnsupportedFormatError(f"{path}: {what[fmt]}")
+    raise CorruptFileError(f"{path}: not a torch checkpoint (neither a zip nor a pickle)")
 
 
 def _tail(f: BinaryIO, size: int) -> bytes:

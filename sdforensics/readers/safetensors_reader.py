@@ -20,7 +20,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sdforensics.core.dtypes import DTYPES
 from sdforensics.core.errors import CorruptFileError
-from sdforensics.readers.base import ClosingCheckpoint, FormatInfo, TensorInfo
+from sdforensics.readers.base import ByteTap, ClosingCheckpoint, FormatInfo, TensorInfo
 from sdforensics.readers.shape_bounds import shape_overflows
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ header has ~10 per tensor, so a few tens of thousands. Parsing 33 M empty object
 over 3 GB of memory before any check could run."""
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
-ByteTap = Callable[[memoryview | bytes | bytearray], None]
 """Receives every byte of the file, in order, as :meth:`SafetensorsCheckpoint.tensors` reads it."""
 
 

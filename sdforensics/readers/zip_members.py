@@ -2,7 +2,7 @@
 
 ``torch.load`` opens a zip checkpoint with ``PyTorchStreamReader`` (caffe2/serialize/
 inline_container.cc, on miniz). Checked against torch 2.13 with hand-built archives
-(see ``tests/test_zip_members.py``):
+(see ``tests/readers/test_scan_gate.py``):
 
 * the archive folder is the name of the *first* central-directory entry up to its first ``/``
   (an entry without ``/`` and torch refuses the file);
