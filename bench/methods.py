@@ -138,7 +138,7 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
     add("n_average", MCase("n_average", "sd-mecha", "n_average(ft2, ft3, ft4)", ("weighted_sum",),
                            ("ft2", "ft3", "ft4"), affine(ft2=1 / 3, ft3=1 / 3, ft4=1 / 3),
                            build=lambda o: write(sd.n_average(m(p["ft2"]), m(p["ft3"]), m(p["ft4"])), o)))
-    add("slerp", MCase("slerp", "sd-mecha", "slerp(ft2, ft4, alpha=0.3)", ("slerp", "weighted_sum"),
+    add("slerp", MCase("slerp", "sd-mecha", "slerp(ft2, ft4, alpha=0.3)", ("slerp", "interpolation"),
                        ("ft2", "ft4"), None, {"t": 0.3},
                        build=lambda o: write(sd.slerp(m(p["ft2"]), m(p["ft4"]), alpha=0.3), o)))
     add("add_difference", MCase("add_difference", "sd-mecha", "add_difference(ft2, ft3, base, alpha=0.7)",
@@ -158,7 +158,7 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
                                                                               alpha=1.0), o)))
     for ident, fn, label in (("add_cosine_a", cosine.add_cosine_a, "cosine_a"),
                              ("add_cosine_b", cosine.add_cosine_b, "cosine_b")):
-        add(ident, MCase(ident, "sd-mecha", f"{ident}(ft2, ft3, alpha=0.5)", ("cosine",), ("ft2", "ft3"),
+        add(ident, MCase(ident, "sd-mecha", f"{ident}(ft2, ft3, alpha=0.5)", ("cosine", "interpolation"), ("ft2", "ft3"),
                          build=lambda o, fn=fn: write(fn(m(p["ft2"]), m(p["ft3"]), alpha=0.5), o)))
     add("crossover", MCase("crossover", "sd-mecha", "crossover(ft2, ft3, alpha=0.5, tilt=0)", (), ("ft2", "ft3"),
                            build=lambda o: write(sd.crossover(m(p["ft2"]), m(p["ft3"]), alpha=0.5, tilt=0.0),

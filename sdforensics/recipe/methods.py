@@ -32,7 +32,7 @@ import numpy as np
 
 from sdforensics.recipe.results import MethodFinding, Weight
 
-INTERPOLATION = ("weighted_sum", "slerp", "add_cosine_a", "add_cosine_b", "geometric_sum")
+INTERPOLATION = ("weighted_sum", "slerp", "add_cosine_a", "add_cosine_b", "geometric_sum", "n_average")
 """Methods that give a weighted sum of two models when the models are close (every fine-tune of one
 base is): slerp's arc is flat, the cosine merges' per-tensor factor is one constant."""
 
@@ -97,7 +97,7 @@ def name_linear_method(kind: str, weights: Sequence[Weight], base: str | None) -
             f"equal weights for {len(ws)} models and {bw:.2f} on the base: model stock's ratio t = {t:.2f} "
             "(an n-average that includes the base reads the same)",
         )
-    if equal and abs(bw) <= MODEL_STOCK_BASE_MIN:
+    if equal and abs(bw) <= MODEL_STOCK_BASE_MIN and len(ws) >= 3:
         return MethodFinding(
             "n_average", "interpolation", (), names, None, ("geometric_median", "ties_sum k=1 (no trim)"),
             "equal weights: an n-average; a geometric median of close models is nearly the same",
@@ -106,7 +106,8 @@ def name_linear_method(kind: str, weights: Sequence[Weight], base: str | None) -
         t = round(float(pos[1].weight), 4)
         return MethodFinding(
             "weighted_sum", "interpolation", (("alpha", t), ("t", t)), names, None, INTERPOLATION[1:],
-            f"a weighted sum; slerp (t = {t:.2f}) and the cosine merges give the same weights between close models",
+            f"a weighted sum at alpha {t:.2f}; slerp (t = {t:.2f}), the cosine merges (SuperMerger cosineA/B, "
+            "sd-mecha add_cosine) and geometric sum give the same weights between close models",
         )
     if len(pos) == 3 and len(ings) == 3:
         a, b, c = ws
@@ -285,7 +286,11 @@ def _features(d: np.ndarray) -> np.ndarray:
         cols += [
             (a * b)[None, :], np.minimum(a, b)[None, :], np.maximum(a, b)[None, :],
             (a * ratio)[None, :], (b * ratio)[None, :], (np.sign(a) == np.sign(b))[None, :] * (a + b),
+            (np.sign(a) != np.sign(b))[None, :] * a, (np.sign(a) != np.sign(b))[None, :] * b,
         ]
+        big = np.maximum(np.abs(a), np.abs(b))
+        opp = np.divide(np.maximum(-a * b, 0.0), big**2, out=np.zeros_like(big), where=big > 0)
+        cols += [(opp * a)[None, :], (opp * b)[None, :]]
     return np.concatenate(cols, axis=0).T
 
 
