@@ -156,7 +156,7 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
                                    (), ("ft2", "ft3"),
                                    build=lambda o: write(sd.multiply_quotient(m(p["ft2"]), m(p["ft3"]), m(p["base"]),
                                                                               alpha=1.0), o)))
-    for ident, fn, label in (("add_cosine_a", cosine.add_cosine_a, "cosine_a"),
+    for ident, fn, _label in (("add_cosine_a", cosine.add_cosine_a, "cosine_a"),
                              ("add_cosine_b", cosine.add_cosine_b, "cosine_b")):
         add(ident, MCase(ident, "sd-mecha", f"{ident}(ft2, ft3, alpha=0.5)", ("cosine", "interpolation"), ("ft2", "ft3"),
                          build=lambda o, fn=fn: write(fn(m(p["ft2"]), m(p["ft3"]), alpha=0.5), o)))
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         if ident in ("rebasin", "rebasin_sdxl_sgm"):
             cases.append(MCase(ident, "sd-mecha", f"{ident}(ft2, ref=ft3)", (), ("ft2",),
                                build=lambda o, i=ident: mm._write(  # noqa: SLF001
-                                   getattr(__import__("sd_mecha"), "rebasin")(mm._m(paths["ft2"]),  # noqa: SLF001
+                                   __import__("sd_mecha").rebasin(mm._m(paths["ft2"]),  # noqa: SLF001
                                                                               mm._m(paths["ft3"])), o)))  # noqa: SLF001
             covered.add(ident)
             continue

@@ -392,20 +392,20 @@ def _recognise_method(
         pt = per_tensor_weights(coef, energy, [names[i] for i in ing_idx], u_layer, u_block, fit.unexplained)
         if pt is not None:
             return kind, pt, u_layer
-    method = name_linear_method(kind, weights, names[base])
+    named: MethodFinding | None = name_linear_method(kind, weights, names[base])
     if has_samples and kind != "finetune" and model_cols and linear_u >= UNKNOWN_METHOD_MIN:
         resid = [la.sample_target - la.sample_refs[prob.pivot] - _linear_prediction(prob, fit, li)
                  for li, la in enumerate(layers)]
         r2 = residual_predictability(resid, sr, prob.pivot, ing_idx)
         if r2 >= PREDICTABLE_R2:
-            ings = tuple(names[i] for i in ing_idx)
-            method = MethodFinding(
-                "unknown", "unknown", (("residual_r2", round(r2, 4)),), ings, None, (),
-                f"the ingredients are certain ({', '.join(ings)}), but no method sdforensics knows combines them "
+            ing_names = tuple(names[i] for i in ing_idx)
+            unknown = MethodFinding(
+                "unknown", "unknown", (("residual_r2", round(r2, 4)),), ing_names, None, (),
+                f"the ingredients are certain ({', '.join(ing_names)}), but no method sdforensics knows combines them "
                 f"this way: what the linear fit leaves is a function of their own values (held-out R2 {r2:.2f})",
             )
-            return "unknown_method", method, linear_u
-    return kind, method, linear_u
+            return "unknown_method", unknown, linear_u
+    return kind, named, linear_u
 
 
 def estimate_recipe(
