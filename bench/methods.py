@@ -132,115 +132,357 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
     def add(ident: str, case: MCase) -> None:
         cases.setdefault(ident, []).append(case)
 
-    add("weighted_sum", MCase("weighted_sum", "sd-mecha", "weighted_sum(ft2, ft3, alpha=0.35)", ("weighted_sum",),
-                              ("ft2", "ft3"), affine(ft2=0.65, ft3=0.35),
-                              build=lambda o: write(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.35), o)))
-    add("n_average", MCase("n_average", "sd-mecha", "n_average(ft2, ft3, ft4)", ("weighted_sum",),
-                           ("ft2", "ft3", "ft4"), affine(ft2=1 / 3, ft3=1 / 3, ft4=1 / 3),
-                           build=lambda o: write(sd.n_average(m(p["ft2"]), m(p["ft3"]), m(p["ft4"])), o)))
-    add("slerp", MCase("slerp", "sd-mecha", "slerp(ft2, ft4, alpha=0.3)", ("slerp", "interpolation"),
-                       ("ft2", "ft4"), None, {"t": 0.3},
-                       build=lambda o: write(sd.slerp(m(p["ft2"]), m(p["ft4"]), alpha=0.3), o)))
-    add("add_difference", MCase("add_difference", "sd-mecha", "add_difference(ft2, ft3, base, alpha=0.7)",
-                                ("add_difference",), ("ft2", "ft3"), {"ft2": 1.0, "ft3": 0.7, "base": -0.7},
-                                build=lambda o: write(sd.add_difference(m(p["ft2"]), m(p["ft3"]), m(p["base"]),
-                                                                        alpha=0.7), o)))
-    add("add_perpendicular", MCase(
-        "add_perpendicular", "sd-mecha", "add_perpendicular(ft6, ft3, ft1, alpha=1)", ("add_perpendicular",),
-        ("ft1", "ft3", "ft6"), None, {},
-        build=lambda o: write(sd.add_perpendicular(m(p["ft6"]), m(p["ft3"]), m(p["ft1"]), alpha=1.0), o)))
-    add("geometric_sum", MCase("geometric_sum", "sd-mecha", "geometric_sum(ft2, ft3, alpha=0.5)", (),
-                               ("ft2", "ft3"), build=lambda o: write(sd.geometric_sum(m(p["ft2"]), m(p["ft3"]),
-                                                                                      alpha=0.5), o)))
-    add("multiply_quotient", MCase("multiply_quotient", "sd-mecha", "multiply_quotient(ft2, ft3, base, alpha=1)",
-                                   (), ("ft2", "ft3"),
-                                   build=lambda o: write(sd.multiply_quotient(m(p["ft2"]), m(p["ft3"]), m(p["base"]),
-                                                                              alpha=1.0), o)))
-    for ident, fn, _label in (("add_cosine_a", cosine.add_cosine_a, "cosine_a"),
-                             ("add_cosine_b", cosine.add_cosine_b, "cosine_b")):
-        add(ident, MCase(ident, "sd-mecha", f"{ident}(ft2, ft3, alpha=0.5)", ("cosine", "interpolation"), ("ft2", "ft3"),
-                         build=lambda o, fn=fn: write(fn(m(p["ft2"]), m(p["ft3"]), alpha=0.5), o)))
-    add("crossover", MCase("crossover", "sd-mecha", "crossover(ft2, ft3, alpha=0.5, tilt=0)", (), ("ft2", "ft3"),
-                           build=lambda o: write(sd.crossover(m(p["ft2"]), m(p["ft3"]), alpha=0.5, tilt=0.0),
-                                                 o)))
-    add("tensor_sum", MCase("tensor_sum", "sd-mecha", "tensor_sum(ft2, ft3, width=0.5)", (), ("ft2", "ft3"),
-                            build=lambda o: write(slicing.tensor_sum(m(p["ft2"]), m(p["ft3"]), width=0.5), o)))
-    add("top_k_tensor_sum", MCase("top_k_tensor_sum", "sd-mecha", "top_k_tensor_sum(ft2, ft3, width=0.5)", (),
-                                  ("ft2", "ft3"),
-                                  build=lambda o: write(slicing.top_k_tensor_sum(m(p["ft2"]), m(p["ft3"]), width=0.5),
-                                                        o)))
-    add("rotate", MCase("rotate", "sd-mecha", "rotate(ft2, ft3, alignment=1, alpha=0.5)", (), ("ft2", "ft3"),
-                        build=lambda o: write(svd.rotate(m(p["ft2"]), m(p["ft3"]), alignment=1.0, alpha=0.5), o)))
-    add("truncate_rank", MCase("truncate_rank", "sd-mecha", "base + truncate_rank(ft2 - base, rank=8)", (),
-                               ("ft2",), build=lambda o: write(on_base(svd.truncate_rank(deltas("ft2")[0], rank=8)),
-                                                               o)))
-    add("clamp", MCase("clamp", "sd-mecha", "clamp(weighted_sum(ft2, ft3, 0.5), ft2, ft3)", ("weighted_sum",),
-                       ("ft2", "ft3"), affine(ft2=0.5, ft3=0.5),
-                       build=lambda o: write(limiting.clamp(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.5),
-                                                            m(p["ft2"]), m(p["ft3"])), o)))
-    for ident, fn in (("train_difference_mask", linear.train_difference_mask),
-                      ("add_opposite_mask", linear.add_opposite_mask),
-                      ("add_strict_opposite_mask", linear.add_strict_opposite_mask)):
+    add(
+        "weighted_sum",
+        MCase(
+            "weighted_sum",
+            "sd-mecha",
+            "weighted_sum(ft2, ft3, alpha=0.35)",
+            ("weighted_sum",),
+            ("ft2", "ft3"),
+            affine(ft2=0.65, ft3=0.35),
+            build=lambda o: write(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.35), o),
+        ),
+    )
+    add(
+        "n_average",
+        MCase(
+            "n_average",
+            "sd-mecha",
+            "n_average(ft2, ft3, ft4)",
+            ("weighted_sum",),
+            ("ft2", "ft3", "ft4"),
+            affine(ft2=1 / 3, ft3=1 / 3, ft4=1 / 3),
+            build=lambda o: write(sd.n_average(m(p["ft2"]), m(p["ft3"]), m(p["ft4"])), o),
+        ),
+    )
+    add(
+        "slerp",
+        MCase(
+            "slerp",
+            "sd-mecha",
+            "slerp(ft2, ft4, alpha=0.3)",
+            ("slerp", "interpolation"),
+            ("ft2", "ft4"),
+            None,
+            {"t": 0.3},
+            build=lambda o: write(sd.slerp(m(p["ft2"]), m(p["ft4"]), alpha=0.3), o),
+        ),
+    )
+    add(
+        "add_difference",
+        MCase(
+            "add_difference",
+            "sd-mecha",
+            "add_difference(ft2, ft3, base, alpha=0.7)",
+            ("add_difference",),
+            ("ft2", "ft3"),
+            {"ft2": 1.0, "ft3": 0.7, "base": -0.7},
+            build=lambda o: write(sd.add_difference(m(p["ft2"]), m(p["ft3"]), m(p["base"]), alpha=0.7), o),
+        ),
+    )
+    add(
+        "add_perpendicular",
+        MCase(
+            "add_perpendicular",
+            "sd-mecha",
+            "add_perpendicular(ft6, ft3, ft1, alpha=1)",
+            ("add_perpendicular",),
+            ("ft1", "ft3", "ft6"),
+            None,
+            {},
+            build=lambda o: write(sd.add_perpendicular(m(p["ft6"]), m(p["ft3"]), m(p["ft1"]), alpha=1.0), o),
+        ),
+    )
+    add(
+        "geometric_sum",
+        MCase(
+            "geometric_sum",
+            "sd-mecha",
+            "geometric_sum(ft2, ft3, alpha=0.5)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(sd.geometric_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.5), o),
+        ),
+    )
+    add(
+        "multiply_quotient",
+        MCase(
+            "multiply_quotient",
+            "sd-mecha",
+            "multiply_quotient(ft2, ft3, base, alpha=1)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(sd.multiply_quotient(m(p["ft2"]), m(p["ft3"]), m(p["base"]), alpha=1.0), o),
+        ),
+    )
+    for ident, fn, _label in (
+        ("add_cosine_a", cosine.add_cosine_a, "cosine_a"),
+        ("add_cosine_b", cosine.add_cosine_b, "cosine_b"),
+    ):
+        add(
+            ident,
+            MCase(
+                ident,
+                "sd-mecha",
+                f"{ident}(ft2, ft3, alpha=0.5)",
+                ("cosine", "interpolation"),
+                ("ft2", "ft3"),
+                build=lambda o, fn=fn: write(fn(m(p["ft2"]), m(p["ft3"]), alpha=0.5), o),
+            ),
+        )
+    add(
+        "crossover",
+        MCase(
+            "crossover",
+            "sd-mecha",
+            "crossover(ft2, ft3, alpha=0.5, tilt=0)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(sd.crossover(m(p["ft2"]), m(p["ft3"]), alpha=0.5, tilt=0.0), o),
+        ),
+    )
+    add(
+        "tensor_sum",
+        MCase(
+            "tensor_sum",
+            "sd-mecha",
+            "tensor_sum(ft2, ft3, width=0.5)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(slicing.tensor_sum(m(p["ft2"]), m(p["ft3"]), width=0.5), o),
+        ),
+    )
+    add(
+        "top_k_tensor_sum",
+        MCase(
+            "top_k_tensor_sum",
+            "sd-mecha",
+            "top_k_tensor_sum(ft2, ft3, width=0.5)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(slicing.top_k_tensor_sum(m(p["ft2"]), m(p["ft3"]), width=0.5), o),
+        ),
+    )
+    add(
+        "rotate",
+        MCase(
+            "rotate",
+            "sd-mecha",
+            "rotate(ft2, ft3, alignment=1, alpha=0.5)",
+            (),
+            ("ft2", "ft3"),
+            build=lambda o: write(svd.rotate(m(p["ft2"]), m(p["ft3"]), alignment=1.0, alpha=0.5), o),
+        ),
+    )
+    add(
+        "truncate_rank",
+        MCase(
+            "truncate_rank",
+            "sd-mecha",
+            "base + truncate_rank(ft2 - base, rank=8)",
+            (),
+            ("ft2",),
+            build=lambda o: write(on_base(svd.truncate_rank(deltas("ft2")[0], rank=8)), o),
+        ),
+    )
+    add(
+        "clamp",
+        MCase(
+            "clamp",
+            "sd-mecha",
+            "clamp(weighted_sum(ft2, ft3, 0.5), ft2, ft3)",
+            ("weighted_sum",),
+            ("ft2", "ft3"),
+            affine(ft2=0.5, ft3=0.5),
+            build=lambda o: write(
+                limiting.clamp(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.5), m(p["ft2"]), m(p["ft3"])), o
+            ),
+        ),
+    )
+    for ident, fn in (
+        ("train_difference_mask", linear.train_difference_mask),
+        ("add_opposite_mask", linear.add_opposite_mask),
+        ("add_strict_opposite_mask", linear.add_strict_opposite_mask),
+    ):
         fam = ("train_difference",) if ident == "train_difference_mask" else ()
         params = {"alpha": 1.0} if ident == "train_difference_mask" else {}
-        add(ident, MCase(ident, "sd-mecha", f"add_difference(ft2, ft3, base, alpha={ident}(ft2, ft3, base))", fam,
-                         ("ft2", "ft3"), None, params,
-                         build=lambda o, fn=fn: write(
-                             sd.add_difference(m(p["ft2"]), m(p["ft3"]), m(p["base"]),
-                                               alpha=fn(m(p["ft2"]), m(p["ft3"]), m(p["base"]))), o)))
-    add("ties_sum", MCase("ties_sum", "sd-mecha", "base + ties_sum(ft2, ft3, ft4 deltas; k=0.3)", ("ties",),
-                          ("ft2", "ft3", "ft4"),
-                          build=lambda o: write(on_base(ties.ties_sum(*deltas("ft2", "ft3", "ft4"), k=0.3)), o)))
-    add("ties_sum_extended", MCase("ties_sum_extended", "sd-mecha",
-                                   "base + ties_sum_extended(ft2, ft3 deltas; k=0.3, apply_stock=True)", ("ties",),
-                                   ("ft2", "ft3"),
-                                   build=lambda o: write(on_base(ties.ties_sum_extended(
-                                       *deltas("ft2", "ft3"), k=0.3, apply_stock=True)), o)))
-    add("dropout", MCase("dare", "sd-mecha", "base + dropout(ft2, ft3 deltas; p=0.9, seed=3)", ("dare",),
-                         ("ft2", "ft3"), None, {"drop": 0.9},
-                         build=lambda o: write(on_base(ties.dropout(*deltas("ft2", "ft3"), probability=0.9, seed=3)),
-                                               o)))
-    add("ties_sum_with_dropout", MCase("dare_ties", "sd-mecha",
-                                       "base + ties_sum_with_dropout(ft2, ft3, ft5; p=0.8, k=1, apply_stock=True)",
-                                       ("dare_ties", "dare"), ("ft2", "ft3", "ft5"),
-                                       build=lambda o: write(on_base(ties.ties_sum_with_dropout(
-                                           *deltas("ft2", "ft3", "ft5"), probability=0.8, k=1.0, apply_stock=True,
-                                           seed=5)), o)))
-    add("ties_sum_with_dropout", MCase("della", "sd-mecha",
-                                       "base + ties_sum_with_dropout(ft2, ft4; p=0.7, della_eps=0.3, k=1, apply_stock)",
-                                       ("della",), ("ft2", "ft4"), None, {"drop": 0.7},
-                                       build=lambda o: write(on_base(ties.ties_sum_with_dropout(
-                                           *deltas("ft2", "ft4"), probability=0.7, della_eps=0.3, k=1.0,
-                                           apply_stock=True, seed=7)), o)))
-    add("model_stock", MCase("model_stock", "sd-mecha", "base + model_stock(ft1, ft6 deltas)", ("model_stock",),
-                             ("ft1", "ft6"), None, {},
-                             build=lambda o: write(on_base(ties.model_stock(*deltas("ft1", "ft6"))), o)))
-    add("geometric_median", MCase("geometric_median", "sd-mecha", "geometric_median(ft2, ft3, ft4)",
-                                  ("geometric_median", "weighted_sum"), ("ft2", "ft3", "ft4"),
-                                  affine(ft2=1 / 3, ft3=1 / 3, ft4=1 / 3),
-                                  build=lambda o: write(ties.geometric_median(m(p["ft2"]), m(p["ft3"]), m(p["ft4"])),
-                                                        o)))
-    add("add_difference", MCase("chain3_linear", "chain",
-                                "weighted_sum(add_difference(weighted_sum(ft2, ft3, 0.4), ft4, base, 0.5), ft5, 0.3)",
-                                ("weighted_sum", "add_difference"), ("ft2", "ft3", "ft4", "ft5"),
-                                affine(ft2=0.42, ft3=0.28, ft4=0.35, ft5=0.3),
-                                build=lambda o: write(sd.weighted_sum(
-                                    linear.add_difference(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.4),
-                                                          linear.subtract(m(p["ft4"]), m(p["base"])), alpha=0.5),
-                                    m(p["ft5"]), alpha=0.3), o)))
-    add("slerp", MCase("chain3_mixed", "chain",
-                       "weighted_sum(slerp(weighted_sum(ft2, ft3, 0.5), ft4, 0.5), ft5, 0.25)",
-                       ("weighted_sum", "slerp"), ("ft2", "ft3", "ft4", "ft5"),
-                       affine(ft2=0.1875, ft3=0.1875, ft4=0.375, ft5=0.25),
-                       build=lambda o: write(sd.weighted_sum(
-                           sd.slerp(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.5), m(p["ft4"]), alpha=0.5),
-                           m(p["ft5"]), alpha=0.25), o)))
-    add("dropout", MCase("chain3_dare", "chain",
-                         "weighted_sum(base + dropout(ft2, ft3; p=0.9), add_difference(ft4, ft5, base, 0.5), 0.5)",
-                         (), ("ft2", "ft3", "ft4", "ft5"),
-                         build=lambda o: write(sd.weighted_sum(
-                             on_base(ties.dropout(*deltas("ft2", "ft3"), probability=0.9, seed=11)),
-                             sd.add_difference(m(p["ft4"]), m(p["ft5"]), m(p["base"]), alpha=0.5), alpha=0.5), o)))
+        add(
+            ident,
+            MCase(
+                ident,
+                "sd-mecha",
+                f"add_difference(ft2, ft3, base, alpha={ident}(ft2, ft3, base))",
+                fam,
+                ("ft2", "ft3"),
+                None,
+                params,
+                build=lambda o, fn=fn: write(
+                    sd.add_difference(
+                        m(p["ft2"]), m(p["ft3"]), m(p["base"]), alpha=fn(m(p["ft2"]), m(p["ft3"]), m(p["base"]))
+                    ),
+                    o,
+                ),
+            ),
+        )
+    add(
+        "ties_sum",
+        MCase(
+            "ties_sum",
+            "sd-mecha",
+            "base + ties_sum(ft2, ft3, ft4 deltas; k=0.3)",
+            ("ties",),
+            ("ft2", "ft3", "ft4"),
+            build=lambda o: write(on_base(ties.ties_sum(*deltas("ft2", "ft3", "ft4"), k=0.3)), o),
+        ),
+    )
+    add(
+        "ties_sum_extended",
+        MCase(
+            "ties_sum_extended",
+            "sd-mecha",
+            "base + ties_sum_extended(ft2, ft3 deltas; k=0.3, apply_stock=True)",
+            ("ties",),
+            ("ft2", "ft3"),
+            build=lambda o: write(on_base(ties.ties_sum_extended(*deltas("ft2", "ft3"), k=0.3, apply_stock=True)), o),
+        ),
+    )
+    add(
+        "dropout",
+        MCase(
+            "dare",
+            "sd-mecha",
+            "base + dropout(ft2, ft3 deltas; p=0.9, seed=3)",
+            ("dare",),
+            ("ft2", "ft3"),
+            None,
+            {"drop": 0.9},
+            build=lambda o: write(on_base(ties.dropout(*deltas("ft2", "ft3"), probability=0.9, seed=3)), o),
+        ),
+    )
+    add(
+        "ties_sum_with_dropout",
+        MCase(
+            "dare_ties",
+            "sd-mecha",
+            "base + ties_sum_with_dropout(ft2, ft3, ft5; p=0.8, k=1, apply_stock=True)",
+            ("dare_ties", "dare"),
+            ("ft2", "ft3", "ft5"),
+            build=lambda o: write(
+                on_base(
+                    ties.ties_sum_with_dropout(
+                        *deltas("ft2", "ft3", "ft5"), probability=0.8, k=1.0, apply_stock=True, seed=5
+                    )
+                ),
+                o,
+            ),
+        ),
+    )
+    add(
+        "ties_sum_with_dropout",
+        MCase(
+            "della",
+            "sd-mecha",
+            "base + ties_sum_with_dropout(ft2, ft4; p=0.7, della_eps=0.3, k=1, apply_stock)",
+            ("della",),
+            ("ft2", "ft4"),
+            None,
+            {"drop": 0.7},
+            build=lambda o: write(
+                on_base(
+                    ties.ties_sum_with_dropout(
+                        *deltas("ft2", "ft4"), probability=0.7, della_eps=0.3, k=1.0, apply_stock=True, seed=7
+                    )
+                ),
+                o,
+            ),
+        ),
+    )
+    add(
+        "model_stock",
+        MCase(
+            "model_stock",
+            "sd-mecha",
+            "base + model_stock(ft1, ft6 deltas)",
+            ("model_stock",),
+            ("ft1", "ft6"),
+            None,
+            {},
+            build=lambda o: write(on_base(ties.model_stock(*deltas("ft1", "ft6"))), o),
+        ),
+    )
+    add(
+        "geometric_median",
+        MCase(
+            "geometric_median",
+            "sd-mecha",
+            "geometric_median(ft2, ft3, ft4)",
+            ("geometric_median", "weighted_sum"),
+            ("ft2", "ft3", "ft4"),
+            affine(ft2=1 / 3, ft3=1 / 3, ft4=1 / 3),
+            build=lambda o: write(ties.geometric_median(m(p["ft2"]), m(p["ft3"]), m(p["ft4"])), o),
+        ),
+    )
+    add(
+        "add_difference",
+        MCase(
+            "chain3_linear",
+            "chain",
+            "weighted_sum(add_difference(weighted_sum(ft2, ft3, 0.4), ft4, base, 0.5), ft5, 0.3)",
+            ("weighted_sum", "add_difference"),
+            ("ft2", "ft3", "ft4", "ft5"),
+            affine(ft2=0.42, ft3=0.28, ft4=0.35, ft5=0.3),
+            build=lambda o: write(
+                sd.weighted_sum(
+                    linear.add_difference(
+                        sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.4),
+                        linear.subtract(m(p["ft4"]), m(p["base"])),
+                        alpha=0.5,
+                    ),
+                    m(p["ft5"]),
+                    alpha=0.3,
+                ),
+                o,
+            ),
+        ),
+    )
+    add(
+        "slerp",
+        MCase(
+            "chain3_mixed",
+            "chain",
+            "weighted_sum(slerp(weighted_sum(ft2, ft3, 0.5), ft4, 0.5), ft5, 0.25)",
+            ("weighted_sum", "slerp"),
+            ("ft2", "ft3", "ft4", "ft5"),
+            affine(ft2=0.1875, ft3=0.1875, ft4=0.375, ft5=0.25),
+            build=lambda o: write(
+                sd.weighted_sum(
+                    sd.slerp(sd.weighted_sum(m(p["ft2"]), m(p["ft3"]), alpha=0.5), m(p["ft4"]), alpha=0.5),
+                    m(p["ft5"]),
+                    alpha=0.25,
+                ),
+                o,
+            ),
+        ),
+    )
+    add(
+        "dropout",
+        MCase(
+            "chain3_dare",
+            "chain",
+            "weighted_sum(base + dropout(ft2, ft3; p=0.9), add_difference(ft4, ft5, base, 0.5), 0.5)",
+            (),
+            ("ft2", "ft3", "ft4", "ft5"),
+            build=lambda o: write(
+                sd.weighted_sum(
+                    on_base(ties.dropout(*deltas("ft2", "ft3"), probability=0.9, seed=11)),
+                    sd.add_difference(m(p["ft4"]), m(p["ft5"]), m(p["base"]), alpha=0.5),
+                    alpha=0.5,
+                ),
+                o,
+            ),
+        ),
+    )
     return cases
 
 
@@ -274,8 +516,18 @@ def _sm_sims(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], mode: str) 
     return float(s.min()), float(s.max())
 
 
-def supermerger(mode: str, a: Path, b: Path, c: Path | None, alpha: float, beta: float, out: Path,
-                gamma: float = 1.0, delta: float = 1.0, base: Path | None = None) -> None:
+def supermerger(
+    mode: str,
+    a: Path,
+    b: Path,
+    c: Path | None,
+    alpha: float,
+    beta: float,
+    out: Path,
+    gamma: float = 1.0,
+    delta: float = 1.0,
+    base: Path | None = None,
+) -> None:
     """One SuperMerger calc mode, key by key, fp16 out (the formulas of ``mergers.py``)."""
     import numpy as np
     import scipy.ndimage
@@ -321,8 +573,8 @@ def supermerger(mode: str, a: Path, b: Path, c: Path | None, alpha: float, beta:
                 k = (k - abs(alpha)).clamp(0, 1).double()
                 r = B * (1 - k) + A * k
         elif mode == "extract":
-            O = tbase[key].double() if tbase is not None else torch.zeros_like(A)
-            db, dc = B - O, C - O
+            origin = tbase[key].double() if tbase is not None else torch.zeros_like(A)
+            db, dc = B - origin, C - origin
             sim = ((_cos_rows(db, dc).double() + 1) / 2) ** gamma
             r = A + delta * torch.lerp(db, dc, alpha) * torch.lerp(sim, 1 - sim, beta)
         else:
@@ -334,27 +586,79 @@ def supermerger(mode: str, a: Path, b: Path, c: Path | None, alpha: float, beta:
 
 def supermerger_cases(p: dict[str, Path]) -> list[MCase]:
     def sm(mode: str, a: str, b: str, c: str | None, alpha: float, beta: float = 0.0, **kw: Any) -> Callable:
-        return lambda o: supermerger(mode, p[a], p[b], p[c] if c else None, alpha, beta, o,
-                                     **{k: (p[v] if k == "base" else v) for k, v in kw.items()})
+        return lambda o: supermerger(
+            mode,
+            p[a],
+            p[b],
+            p[c] if c else None,
+            alpha,
+            beta,
+            o,
+            **{k: (p[v] if k == "base" else v) for k, v in kw.items()},
+        )
 
     return [
-        MCase("sm_sum_twice", "SuperMerger", "Sum Twice: (ft2 x 0.6 + ft3 x 0.4) x 0.7 + ft4 x 0.3",
-              ("sum_twice", "weighted_sum"), ("ft2", "ft3", "ft4"), affine(ft2=0.42, ft3=0.28, ft4=0.3),
-              build=sm("sum_twice", "ft2", "ft3", "ft4", 0.4, 0.3)),
-        MCase("sm_triple_sum", "SuperMerger", "Triple Sum: ft2 x 0.5 + ft3 x 0.3 + ft5 x 0.2",
-              ("triple_sum", "weighted_sum"), ("ft2", "ft3", "ft5"), affine(ft2=0.5, ft3=0.3, ft5=0.2),
-              build=sm("triple_sum", "ft2", "ft3", "ft5", 0.3, 0.2)),
-        MCase("sm_train_difference", "SuperMerger", "trainDifference: ft2 + (ft3 - base) x 0.5",
-              ("train_difference",), ("ft2", "ft3"), None, {"alpha": 0.5},
-              build=sm("train_difference", "ft2", "ft3", "base", 0.5)),
-        MCase("sm_smooth_add", "SuperMerger", "smoothAdd: ft2 + (ft3 - base) x 0.8", ("add_difference",),
-              ("ft2", "ft3"), None, build=sm("smooth_add_difference", "ft2", "ft3", "base", 0.8)),
-        MCase("sm_cosineA", "SuperMerger", "cosineA: ft2, ft3, alpha 0.3", ("cosine",), ("ft2", "ft3"),
-              build=sm("cosineA", "ft2", "ft3", None, 0.3)),
-        MCase("sm_cosineB", "SuperMerger", "cosineB: ft2, ft3, alpha 0.3", ("cosine",), ("ft2", "ft3"),
-              build=sm("cosineB", "ft2", "ft3", None, 0.3)),
-        MCase("sm_extract", "SuperMerger", "extract: ft2 + lerp(ft3-base, ft4-base, 0.5) x sim (beta 0, gamma 1)",
-              (), ("ft2", "ft3", "ft4"), build=sm("extract", "ft2", "ft3", "ft4", 0.5, 0.0, base="base")),
+        MCase(
+            "sm_sum_twice",
+            "SuperMerger",
+            "Sum Twice: (ft2 x 0.6 + ft3 x 0.4) x 0.7 + ft4 x 0.3",
+            ("sum_twice", "weighted_sum"),
+            ("ft2", "ft3", "ft4"),
+            affine(ft2=0.42, ft3=0.28, ft4=0.3),
+            build=sm("sum_twice", "ft2", "ft3", "ft4", 0.4, 0.3),
+        ),
+        MCase(
+            "sm_triple_sum",
+            "SuperMerger",
+            "Triple Sum: ft2 x 0.5 + ft3 x 0.3 + ft5 x 0.2",
+            ("triple_sum", "weighted_sum"),
+            ("ft2", "ft3", "ft5"),
+            affine(ft2=0.5, ft3=0.3, ft5=0.2),
+            build=sm("triple_sum", "ft2", "ft3", "ft5", 0.3, 0.2),
+        ),
+        MCase(
+            "sm_train_difference",
+            "SuperMerger",
+            "trainDifference: ft2 + (ft3 - base) x 0.5",
+            ("train_difference",),
+            ("ft2", "ft3"),
+            None,
+            {"alpha": 0.5},
+            build=sm("train_difference", "ft2", "ft3", "base", 0.5),
+        ),
+        MCase(
+            "sm_smooth_add",
+            "SuperMerger",
+            "smoothAdd: ft2 + (ft3 - base) x 0.8",
+            ("add_difference",),
+            ("ft2", "ft3"),
+            None,
+            build=sm("smooth_add_difference", "ft2", "ft3", "base", 0.8),
+        ),
+        MCase(
+            "sm_cosineA",
+            "SuperMerger",
+            "cosineA: ft2, ft3, alpha 0.3",
+            ("cosine",),
+            ("ft2", "ft3"),
+            build=sm("cosineA", "ft2", "ft3", None, 0.3),
+        ),
+        MCase(
+            "sm_cosineB",
+            "SuperMerger",
+            "cosineB: ft2, ft3, alpha 0.3",
+            ("cosine",),
+            ("ft2", "ft3"),
+            build=sm("cosineB", "ft2", "ft3", None, 0.3),
+        ),
+        MCase(
+            "sm_extract",
+            "SuperMerger",
+            "extract: ft2 + lerp(ft3-base, ft4-base, 0.5) x sim (beta 0, gamma 1)",
+            (),
+            ("ft2", "ft3", "ft4"),
+            build=sm("extract", "ft2", "ft3", "ft4", 0.5, 0.0, base="base"),
+        ),
     ]
 
 
@@ -405,8 +709,11 @@ def check(case: MCase) -> None:
         case.checks["method named"] = _named(case)
     else:  # not an item-2 method: an honest answer is enough (never a confident wrong recipe)
         case.checks["honest"] = right_set or r.get("confidence") != "high"
-    if case.weights is not None and r.get("kind") in ("weighted_sum", "add_difference", "block_weighted",
-                                                      "unknown_method") and right_set:
+    if (
+        case.weights is not None
+        and r.get("kind") in ("weighted_sum", "add_difference", "block_weighted", "unknown_method")
+        and right_set
+    ):
         case.checks["weights"] = all(
             abs(r["weights"].get(k, 0.0) - v) <= TOL_WEIGHT for k, v in case.weights.items() if k != "base"
         )
@@ -453,10 +760,22 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append((ident, NOT_MERGES.get(ident, "key-layout conversion / extraction, not a merge")))
             continue
         if ident in ("rebasin", "rebasin_sdxl_sgm"):
-            cases.append(MCase(ident, "sd-mecha", f"{ident}(ft2, ref=ft3)", (), ("ft2",),
-                               build=lambda o, i=ident: mm._write(  # noqa: SLF001
-                                   __import__("sd_mecha").rebasin(mm._m(paths["ft2"]),  # noqa: SLF001
-                                                                              mm._m(paths["ft3"])), o)))  # noqa: SLF001
+            cases.append(
+                MCase(
+                    ident,
+                    "sd-mecha",
+                    f"{ident}(ft2, ref=ft3)",
+                    (),
+                    ("ft2",),
+                    build=lambda o, i=ident: mm._write(  # noqa: SLF001
+                        __import__("sd_mecha").rebasin(
+                            mm._m(paths["ft2"]),  # noqa: SLF001
+                            mm._m(paths["ft3"]),
+                        ),
+                        o,
+                    ),
+                )
+            )  # noqa: SLF001
             covered.add(ident)
             continue
         if ident in by_ident:
@@ -490,15 +809,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             path.unlink(missing_ok=True)
         r = case.result
-        log(f"{case.name}: kind {r.get('kind')} method {r.get('method')} ingredients {r.get('ingredients')} "
-            f"unexpl {r.get('unexplained')} -> {'PASS' if case.ok else 'FAIL'} {case.checks}")
+        log(
+            f"{case.name}: kind {r.get('kind')} method {r.get('method')} ingredients {r.get('ingredients')} "
+            f"unexpl {r.get('unexplained')} -> {'PASS' if case.ok else 'FAIL'} {case.checks}"
+        )
 
     wall = time.perf_counter() - t0
     size = "full size" if args.width == 1 else f"REDUCED width 1/{args.width}"
-    print(f"\n=== sdforensics merge-method coverage (issue 19): SD1.5 layout, {size}, "
-          f"sd-mecha {__import__('sd_mecha').__version__ if hasattr(__import__('sd_mecha'), '__version__') else ''} ===")
-    head = (f"{'case':<22} {'source':<11} {'truth (ingredients)':<20} {'kind':<15} {'method (params)':<30} "
-            f"{'ingredients found':<20} {'weights':<34} {'unexpl':>6} {'conf':<6} result")
+    print(
+        f"\n=== sdforensics merge-method coverage (issue 19): SD1.5 layout, {size}, "
+        f"sd-mecha {__import__('sd_mecha').__version__ if hasattr(__import__('sd_mecha'), '__version__') else ''} ==="
+    )
+    head = (
+        f"{'case':<22} {'source':<11} {'truth (ingredients)':<20} {'kind':<15} {'method (params)':<30} "
+        f"{'ingredients found':<20} {'weights':<34} {'unexpl':>6} {'conf':<6} result"
+    )
     print(head)
     print("-" * len(head))
     ran = [c for c in cases if not c.status]
@@ -510,14 +835,17 @@ def main(argv: list[str] | None = None) -> int:
         params = ",".join(f"{k}={v:.2f}" for k, v in (r.get("params") or {}).items() if isinstance(v, (int, float)))
         meth = f"{r.get('method') or '-'}" + (f" ({params})" if params else "")
         u = r.get("unexplained")
-        print(f"{c.name:<22} {c.source:<11} {'+'.join(c.ingredients):<20} {str(r.get('kind')):<15} {meth:<30.30} "
-              f"{'+'.join(r.get('ingredients', [])):<20} {fmt_weights(r.get('weights', {})):<34.34} "
-              f"{'-' if u is None else f'{u:.3f}':>6} {str(r.get('confidence')):<6} "
-              f"{'PASS' if c.ok else 'FAIL ' + ','.join(k for k, v in c.checks.items() if not v)}")
+        print(
+            f"{c.name:<22} {c.source:<11} {'+'.join(c.ingredients):<20} {str(r.get('kind')):<15} {meth:<30.30} "
+            f"{'+'.join(r.get('ingredients', [])):<20} {fmt_weights(r.get('weights', {})):<34.34} "
+            f"{'-' if u is None else f'{u:.3f}':>6} {str(r.get('confidence')):<6} "
+            f"{'PASS' if c.ok else 'FAIL ' + ','.join(k for k, v in c.checks.items() if not v)}"
+        )
         print(f"{'':<22}   did: {c.method}")
     print()
-    print("sd-mecha identifiers that are not merges of models (listed, not run): "
-          + ", ".join(f"{i}" for i, _ in skipped))
+    print(
+        "sd-mecha identifiers that are not merges of models (listed, not run): " + ", ".join(f"{i}" for i, _ in skipped)
+    )
     n = len(ran)
     n_set = sum(c.checks.get("ingredients", False) for c in ran)
     item2 = [c for c in ran if c.family]
@@ -528,10 +856,14 @@ def main(argv: list[str] | None = None) -> int:
     figures = [
         (f"ingredient set exact: {n_set}/{n} ({100 * n_set / max(n, 1):.0f}%, need >= 90%)", n_set >= 0.9 * n),
         (f"method/family named (item-2 methods): {n_named}/{len(item2)}", n_named == len(item2)),
-        (f"linear weights within {TOL_WEIGHT}: {sum(c.checks['weights'] for c in lin)}/{len(lin)}",
-         all(c.checks["weights"] for c in lin)),
-        (f"parameters within {TOL_PARAM}: {sum(c.checks[k] for c, k in par)}/{len(par)}",
-         all(c.checks[k] for c, k in par)),
+        (
+            f"linear weights within {TOL_WEIGHT}: {sum(c.checks['weights'] for c in lin)}/{len(lin)}",
+            all(c.checks["weights"] for c in lin),
+        ),
+        (
+            f"parameters within {TOL_PARAM}: {sum(c.checks[k] for c, k in par)}/{len(par)}",
+            all(c.checks[k] for c, k in par),
+        ),
         (f"confident wrong ingredient sets: {len(wrong_conf)} {wrong_conf}", not wrong_conf),
     ]
     not_run = [c.name for c in cases if c.status]
@@ -540,12 +872,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"wall time {wall / 60:.1f} min")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"width": args.width, "wall_s": wall,
-             "cases": [{"name": c.name, "source": c.source, "did": c.method, "truth": list(c.ingredients),
-                        "status": c.status, "result": c.result, "checks": c.checks, "ok": c.ok} for c in cases],
-             "not_merges": skipped, "figures": [{"figure": t, "pass": ok} for t, ok in figures]},
-            indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "width": args.width,
+                    "wall_s": wall,
+                    "cases": [
+                        {
+                            "name": c.name,
+                            "source": c.source,
+                            "did": c.method,
+                            "truth": list(c.ingredients),
+                            "status": c.status,
+                            "result": c.result,
+                            "checks": c.checks,
+                            "ok": c.ok,
+                        }
+                        for c in cases
+                    ],
+                    "not_merges": skipped,
+                    "figures": [{"figure": t, "pass": ok} for t, ok in figures],
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0 if all(ok for _, ok in figures) else 1
 
 
