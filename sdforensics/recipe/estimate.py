@@ -22,6 +22,18 @@ import numpy as np
 from scipy.stats import chi2
 
 from sdforensics.recipe.fit import Fit, Grams, build_grams, column_cosines, fit_columns, forward_select
+from sdforensics.recipe.methods import (
+    PER_TENSOR_MIN,
+    PREDICTABLE_R2,
+    TRAIN_DIFF_FIT_MAX,
+    UNKNOWN_METHOD_MIN,
+    elementwise_unexplained,
+    fit_train_difference,
+    name_linear_method,
+    per_layer_fit,
+    per_tensor_weights,
+    residual_predictability,
+)
 from sdforensics.recipe.nonlinear import detect_elementwise, detect_lowrank, numerical_rank
 from sdforensics.recipe.results import (
     BLOCK_CONVENTION,
@@ -29,6 +41,7 @@ from sdforensics.recipe.results import (
     BlockFit,
     ElementwiseFinding,
     LoraFinding,
+    MethodFinding,
     RecipeEstimate,
     SuperMergerWeights,
     Weight,
@@ -313,6 +326,88 @@ def _finetune_parent(weights: Sequence[Weight], base: str | None, unexplained: f
     return None
 
 
+def _linear_prediction(prob: _Problem, fit: Fit, li: int) -> np.ndarray:
+    """The global fit's prediction of ``target - pivot`` at layer ``li``'s exact samples."""
+    layer = prob.layers[li]
+    pred = np.zeros(layer.sample_target.shape[0])
+    for k, c in enumerate(fit.columns):
+        if c < prob.n_model:
+            pred += fit.coef[k] * (layer.sample_refs[prob.model_cols[c]] - layer.sample_refs[prob.pivot])
+    return pred
+
+
+def _recognise_method(
+    prob: _Problem,
+    fit: Fit,
+    kind: str,
+    weights: Sequence[Weight],
+    elementwise: ElementwiseFinding | None,
+    names: Sequence[str],
+    base: int | None,
+    u_block: float,
+    linear_u: float,
+) -> tuple[str, MethodFinding | None, float]:
+    """The merge method behind the recipe (:mod:`sdforensics.recipe.methods`), the kind (possibly
+    ``unknown_method``) and the unexplained share measured under the recognised method."""
+    layers = prob.layers
+    has_samples = base is not None and any(la.sample_target.size for la in layers)
+    energy = prob.grams.yy
+    st = [la.sample_target for la in layers]
+    sr = [la.sample_refs for la in layers]
+    index = {n: i for i, n in enumerate(names)}
+    if kind in ("ties", "dare") and elementwise is not None and has_samples and base is not None:
+        ings = [index[n] for n in elementwise.ingredients if n in index]
+        u = elementwise_unexplained(st, sr, prob.pivot, ings, energy)
+        params: list[tuple[str, float]] = []
+        if elementwise.density is not None:
+            params.append(("density", round(elementwise.density, 4)))
+        if elementwise.drop_rate is not None:
+            params.append(("drop", round(elementwise.drop_rate, 4)))
+        if elementwise.scale is not None:
+            params.append(("alpha", round(elementwise.scale, 4)))
+        method = MethodFinding(
+            elementwise.kind, "elementwise", tuple(params), elementwise.ingredients, u,
+            ("della",) if elementwise.kind != "ties" else (),
+            "unexplained share measured under the element-wise model: each coordinate keeps a subset of the "
+            "ingredients' changes, rescaled",
+        )
+        return kind, method, u
+    if kind not in ("weighted_sum", "add_difference", "block_weighted", "finetune") or base is None:
+        return kind, None, linear_u
+    model_cols = [c for c in fit.columns if c < prob.n_model]
+    ing_idx = [prob.model_cols[c] for c in model_cols]
+    if has_samples and fit.unexplained >= PER_TENSOR_MIN and kind != "finetune":
+        td = fit_train_difference(st, sr, ing_idx + [prob.pivot])
+        if td is not None and td[0] < TRAIN_DIFF_FIT_MAX and td[0] < 0.5 * fit.unexplained:
+            share, alpha, (a, b, c) = td
+            method = MethodFinding(
+                "train_difference", "add_difference", (("alpha", round(alpha, 4)),),
+                (names[a], names[b], names[c]), share, ("train_difference_mask",),
+                f"{names[a]} + train difference of ({names[b]} - {names[c]}), alpha {alpha:.2f} (SuperMerger "
+                "trainDifference, sd-mecha train_difference_mask); the weights are its linear approximation",
+            )
+            return "add_difference", method, share
+    if model_cols and fit.unexplained >= PER_TENSOR_MIN and kind != "finetune":
+        coef, u_layer = per_layer_fit(prob.grams.gram, prob.grams.cross, prob.grams.yy, model_cols)
+        pt = per_tensor_weights(coef, energy, [names[i] for i in ing_idx], u_layer, u_block, fit.unexplained)
+        if pt is not None:
+            return kind, pt, u_layer
+    named: MethodFinding | None = name_linear_method(kind, weights, names[base])
+    if has_samples and kind != "finetune" and model_cols and linear_u >= UNKNOWN_METHOD_MIN:
+        resid = [la.sample_target - la.sample_refs[prob.pivot] - _linear_prediction(prob, fit, li)
+                 for li, la in enumerate(layers)]
+        r2 = residual_predictability(resid, sr, prob.pivot, ing_idx)
+        if r2 >= PREDICTABLE_R2:
+            ing_names = tuple(names[i] for i in ing_idx)
+            unknown = MethodFinding(
+                "unknown", "unknown", (("residual_r2", round(r2, 4)),), ing_names, None, (),
+                f"the ingredients are certain ({', '.join(ing_names)}), but no method sdforensics knows combines them "
+                f"this way: what the linear fit leaves is a function of their own values (held-out R2 {r2:.2f})",
+            )
+            return "unknown_method", unknown, linear_u
+    return kind, named, linear_u
+
+
 def estimate_recipe(
     layers: Sequence[LayerData],
     names: Sequence[str],
@@ -469,13 +564,20 @@ def estimate_recipe(
         weights = [w for w in weights if w.reference == parent]
     else:
         kind = "weighted_sum"
+    u_block = _block_unexplained(prob, blocks, block_of)
+    linear_u = u_block if kind == "block_weighted" else fit.unexplained
+    kind, method, unexplained = _recognise_method(
+        prob, fit, kind, weights, elementwise, names, base, u_block, linear_u
+    )
     return RecipeEstimate(
         block_convention=block_convention,
         kind=kind,
         pivot=names[pivot],
         base=names[base] if base is not None else None,
         weights=tuple(weights),
-        unexplained=_block_unexplained(prob, blocks, block_of) if kind == "block_weighted" else fit.unexplained,
+        unexplained=unexplained,
+        method=method,
+        linear_unexplained=linear_u if method is not None and method.unexplained is not None else None,
         blocks=tuple(blocks),
         components=tuple(components),
         ambiguous=ambiguous,

@@ -18,6 +18,7 @@ KINDS = (
     "ties",
     "dare",
     "lora",
+    "unknown_method",
     "unknown",
 )
 
@@ -83,6 +84,24 @@ class ElementwiseFinding:
 
 
 @dataclass(frozen=True)
+class MethodFinding:
+    """The merge method (or family) recognised behind a recipe (see :mod:`sdforensics.recipe.methods`).
+
+    ``unexplained`` is the share left under this method's own model (None when the method is the
+    linear fit itself); ``alternatives`` are methods that give the same result on these models.
+    """
+
+    name: str  # "weighted_sum" | "n_average" | "model_stock" | "add_difference" | "train_difference" | "cosine"
+    #            | "ties" | "dare" | "dare_ties" | "per_tensor_weights" | "unknown"
+    family: str  # "interpolation" | "sum_twice/triple_sum" | "add_difference" | "model_stock" | "elementwise" | ...
+    parameters: tuple[tuple[str, float], ...]
+    ingredients: tuple[str, ...]
+    unexplained: float | None
+    alternatives: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class SuperMergerWeights:
     """Per-block alpha that reproduces a block-weighted merge in SuperMerger / sd-mecha.
 
@@ -116,6 +135,11 @@ class RecipeEstimate:
     supermerger: SuperMergerWeights | None = None
     copy_of: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    method: MethodFinding | None = None
+    """The merge method recognised, with its parameters (issue 19)."""
+    linear_unexplained: float | None = None
+    """What the linear (global or per-block) fit leaves, when ``unexplained`` is measured under a
+    recognised non-linear method instead."""
     block_convention: str = BLOCK_CONVENTION
     """How ``blocks`` are numbered (set from the architecture's block map by the caller)."""
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()

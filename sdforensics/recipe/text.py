@@ -89,6 +89,12 @@ def recipe_text(est: RecipeEstimate) -> str:
         text = "block-weighted: " + linear_text(est.weights)
     elif est.kind == "finetune":
         text = f"{est.weights[0].reference} + further training"
+    elif est.kind == "unknown_method" and est.method is not None:
+        ings = ", ".join(est.method.ingredients)
+        text = f"unknown method of {ings} (linear approximation: {linear_text(est.weights)})"
+    elif est.method is not None and est.method.name == "train_difference":
+        a, b, c = est.method.ingredients
+        text = f"{a} + train difference({b} - {c}) x {dict(est.method.parameters)['alpha']:.2f}"
     elif est.kind == "unknown":
         known = [w for w in est.weights if abs(w.weight) > 0.02]
         text = (linear_text(known) + " + unknown changes") if known else "unknown (nothing in the library explains it)"
@@ -112,11 +118,34 @@ def named_with_copies(est: RecipeEstimate, reference: str) -> str:
     return f"{reference} (also: {shown})"
 
 
-def _confidence(est: RecipeEstimate) -> str:
+CONFIDENT_UNEXPLAINED = 0.1
+"""Unexplained share (under the recognised method) below which an answer can be called high confidence."""
+
+
+def confidence(est: RecipeEstimate) -> tuple[str, str]:
+    """(level, reason) for the answer as a whole: the weights' intervals, and how much of the model the
+    answer explains (a tight weight beside "100% unexplained" is not a sure answer)."""
     halves = [(w.ci95[1] - w.ci95[0]) / 2 for w in est.weights]
     h = max(halves) if halves else 0.0
     level = "high" if h < 0.02 else "medium" if h < 0.06 else "low"
-    return f"How sure: {level} confidence (weights +-{max(h, 0.005):.2f} at 95%)."
+    reason = f"weights +-{max(h, 0.005):.2f} at 95%"
+    u = est.unexplained
+    if est.kind == "unknown":
+        return "low", f"nothing in the library explains {percent(u)} of the change from {est.pivot}"
+    if est.kind == "unknown_method":
+        return "medium", "ingredients certain, merge method not recognised; the weights are a linear approximation"
+    if est.kind == "finetune":
+        return level, f"{reason}; the parent is sure, the further training is not in the library"
+    if u >= UNKNOWN_LIKELY:
+        return "low", f"{reason}, but the library explains only {percent(max(0.0, 1.0 - u))} of the change"
+    if u >= CONFIDENT_UNEXPLAINED and level == "high":
+        return "medium", f"{reason}; {percent(u)} unexplained"
+    return level, reason
+
+
+def _confidence(est: RecipeEstimate) -> str:
+    level, reason = confidence(est)
+    return f"How sure: {level} confidence ({reason})."
 
 
 def summarize(est: RecipeEstimate) -> list[str]:
@@ -131,6 +160,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
         "ties": "a TIES merge",
         "dare": "a DARE merge",
         "lora": "a model with a LoRA baked in",
+        "unknown_method": "ingredients known, merge method not recognised",
         "unknown": "not explained by the library",
     }
     lines = [f"Recipe: {recipe_text(est)}  ({kinds.get(est.kind, est.kind)})"]
@@ -149,14 +179,26 @@ def summarize(est: RecipeEstimate) -> list[str]:
         lines.append(f"The same model is in the library as {named_with_copies(est, est.copy_of)}.")
     u = est.unexplained
     line = f"Unexplained: {percent(u)} of the difference from {est.pivot} is not accounted for by the library."
-    if est.kind == "finetune":
+    m = est.method
+    if m is not None and m.unexplained is not None and est.kind not in ("finetune", "unknown_method"):
+        line = (f"Unexplained: {percent(u)} of the difference from {est.pivot} is not accounted for by the "
+                f"recognised method ({m.name.replace('_', ' ')}).")
+        if est.linear_unexplained is not None:
+            line += f" A linear fit alone leaves {percent(est.linear_unexplained)}."
+    elif est.kind == "unknown_method":
+        line = (f"Unexplained by a linear fit: {percent(u)} of the difference from {est.pivot}; it follows from the "
+                "ingredients' own values, so it is the merge method's doing, not an unknown ingredient.")
+    elif est.kind == "finetune":
         line = (f"Further training: {percent(u)} of the difference from {est.pivot} is the fine-tune's own change "
                 f"on top of {est.weights[0].reference}, which the library does not hold.")
     elif u >= UNKNOWN_LIKELY:
         line += " An unknown ingredient is likely (a model not in the library, or further training)."
     elif u >= 0.1:
         line += " Some further training or a small unknown ingredient."
-    lines.append(line)
+    if line:
+        lines.append(line)
+    if m is not None and m.note:
+        lines.append(f"Method: {m.note}.")
     for g in est.ambiguous:
         lines.append(
             f"Ambiguous: {' and '.join(g.references)} are nearly collinear (delta cosine {g.cosine:.2f}); "
@@ -233,6 +275,19 @@ def recipe_to_json(est: RecipeEstimate) -> dict[str, Any]:
         "supermerger_weights": None,
         "elementwise": None,
         "summary": summarize(est),
+        "confidence": {"level": confidence(est)[0], "reason": confidence(est)[1]},
+        "linear_unexplained": _r(est.linear_unexplained),
+        "method": None
+        if est.method is None
+        else {
+            "name": est.method.name,
+            "family": est.method.family,
+            "parameters": {k: _r(v) for k, v in est.method.parameters},
+            "ingredients": list(est.method.ingredients),
+            "unexplained": _r(est.method.unexplained),
+            "alternatives": list(est.method.alternatives),
+            "note": est.method.note,
+        },
         "notes": list(est.notes),
     }
     if est.supermerger is not None:

@@ -1,0 +1,325 @@
+"""Which merge method made a checkpoint, once its ingredients are known (issue 19).
+
+The linear fit (:mod:`sdforensics.recipe.estimate`) names the ingredients; the element-wise check
+(:mod:`sdforensics.recipe.nonlinear`) tells TIES/DARE apart. This module names the *method* and its
+parameters where the weights or the exact coordinate samples show them, and measures what is left
+unexplained *under the recognised method* (a DARE merge is explained by DARE, not by a weighted sum).
+Each step is one function with its thresholds as named constants:
+
+1. :func:`name_linear_method` -- methods that are weighted sums, or reduce to one between close
+   models: weighted sum / slerp / cosine A-B / n-average / geometric median ("interpolation"),
+   SuperMerger's sum twice and triple sum (3-model weighted sums), add difference / add
+   perpendicular, model stock (equal ingredient weights, the rest on the base);
+2. :func:`fit_train_difference` -- SuperMerger's train difference (sd-mecha ``train_difference_mask``)
+   tested coordinate by coordinate on the exact samples, with its alpha;
+3. :func:`per_layer_fit` / :func:`per_tensor_weights` -- methods whose weights change tensor by tensor
+   (SuperMerger cosineA/B): the per-layer fit explains what the global and per-block fits do not;
+4. :func:`elementwise_unexplained` -- the share of a TIES/DARE/DELLA merge that no per-coordinate
+   choice of surviving ingredients explains (near re-save noise for a real DARE merge);
+5. :func:`residual_predictability` -- whether what the linear fit leaves is a function of the
+   ingredients' own values (an unrecognised method on known ingredients) or independent of them
+   (further training, a model not in the library).
+
+Pure functions on arrays: no I/O, deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from sdforensics.recipe.results import MethodFinding, Weight
+
+INTERPOLATION = ("weighted_sum", "slerp", "add_cosine_a", "add_cosine_b", "geometric_sum", "n_average")
+"""Methods that give a weighted sum of two models when the models are close (every fine-tune of one
+base is): slerp's arc is flat, the cosine merges' per-tensor factor is one constant."""
+
+EQUAL_WEIGHTS_TOL = 0.02
+"""Ingredient weights within this of each other count as equal (n-average, model stock)."""
+
+MODEL_STOCK_BASE_MIN = 0.03
+"""Base weight above which equal ingredient weights read as model stock (t = 1 - base weight), not
+an n-average."""
+
+TRAIN_DIFF_FIT_MAX = 0.1
+"""Train difference is recognised when its formula leaves at most this share of the target's change
+at the exact samples (and less than half of what the linear fit leaves)."""
+
+PER_TENSOR_GAIN = 0.5
+"""Per-tensor weights are recognised when fitting each layer on its own leaves less than this
+fraction of what the per-block fit leaves (and the global fit leaves at least PER_TENSOR_MIN)."""
+
+PER_TENSOR_MIN = 0.05
+"""Global unexplained share below which nothing is looked for beyond the global weights."""
+
+PREDICTABLE_R2 = 0.3
+"""Held-out R^2 of the linear residual, regressed on functions of the ingredients' values at the same
+coordinates, from which the residual is the method's doing (unknown method, ingredients certain)."""
+
+UNKNOWN_METHOD_MIN = 0.1
+"""Linear unexplained share from which a merge whose residual is predictable reads as unknown_method."""
+
+
+def _weights_of(weights: Sequence[Weight], base: str | None) -> tuple[list[Weight], float]:
+    ings = [w for w in weights if w.reference != base and abs(w.weight) > 0.02]
+    bw = next((w.weight for w in weights if w.reference == base), 0.0)
+    return ings, float(bw)
+
+
+def name_linear_method(kind: str, weights: Sequence[Weight], base: str | None) -> MethodFinding | None:
+    """The method (or family) behind a linear recipe, with the parameters the weights give.
+
+    >>> from sdforensics.recipe.results import Weight
+    >>> w = [Weight("A", 0.7, (0.69, 0.71)), Weight("B", 0.3, (0.29, 0.31))]
+    >>> f = name_linear_method("weighted_sum", w, "base")
+    >>> f.family, dict(f.parameters)["t"]
+    ('interpolation', 0.3)
+    """
+    ings, bw = _weights_of(weights, base)
+    names = tuple(w.reference for w in ings)
+    if kind == "add_difference":
+        return MethodFinding(
+            "add_difference", "add_difference", (), names, None, ("add_perpendicular", "smooth_add_difference"),
+            "add perpendicular and SuperMerger's smooth add difference give the same result when the two deltas "
+            "are (nearly) orthogonal, as independent fine-tunes' are",
+        )
+    if kind != "weighted_sum" or not ings:
+        return None
+    pos = sorted((w for w in ings if w.weight > 0), key=lambda w: -w.weight)
+    ws = [w.weight for w in pos]
+    equal = len(ws) >= 2 and max(ws) - min(ws) <= EQUAL_WEIGHTS_TOL
+    if equal and bw > MODEL_STOCK_BASE_MIN and len(pos) == len(ings):
+        t = float(sum(ws))
+        return MethodFinding(
+            "model_stock", "model_stock", (("ratio", round(t, 4)),), names, None, ("n_average with the base",),
+            f"equal weights for {len(ws)} models and {bw:.2f} on the base: model stock's ratio t = {t:.2f} "
+            "(an n-average that includes the base reads the same)",
+        )
+    if equal and abs(bw) <= MODEL_STOCK_BASE_MIN and len(ws) >= 3:
+        return MethodFinding(
+            "n_average", "interpolation", (), names, None, ("geometric_median", "ties_sum k=1 (no trim)"),
+            "equal weights: an n-average; a geometric median of close models is nearly the same",
+        )
+    if len(pos) == 2 and len(ings) == 2:
+        t = round(float(pos[1].weight), 4)
+        return MethodFinding(
+            "weighted_sum", "interpolation", (("alpha", t), ("t", t)), names, None, INTERPOLATION[1:],
+            f"a weighted sum at alpha {t:.2f}; slerp (t = {t:.2f}), the cosine merges (SuperMerger cosineA/B, "
+            "sd-mecha add_cosine) and geometric sum give the same weights between close models",
+        )
+    if len(pos) == 3 and len(ings) == 3:
+        a, b, c = ws
+        beta = c
+        alpha_twice = b / (1 - beta) if beta < 1 else 0.0
+        return MethodFinding(
+            "weighted_sum", "sum_twice/triple_sum",
+            (("triple_alpha", round(b, 4)), ("triple_beta", round(c, 4)),
+             ("twice_alpha", round(alpha_twice, 4)), ("twice_beta", round(beta, 4))),
+            names, None, ("triple_sum", "sum_twice", "n-model weighted sum"),
+            f"a 3-model weighted sum: SuperMerger triple sum alpha={b:.2f}, beta={c:.2f}, or sum twice "
+            f"alpha={alpha_twice:.2f}, beta={beta:.2f} ({pos[0].reference}, {pos[1].reference}, {pos[2].reference})",
+        )
+    return MethodFinding("weighted_sum", "interpolation", (), names, None, (), "a weighted sum")
+
+
+def _at_base(st: np.ndarray, b: np.ndarray) -> np.ndarray:
+    f16 = b.astype(np.float16).astype(np.float64)
+    return (st == b) | (st == f16)
+
+
+def fit_train_difference(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], candidates: Sequence[int]
+) -> tuple[float, float, tuple[int, int, int]] | None:
+    """Best (share left, alpha, (A, B, C)) of ``A + alpha * 1.8 * (B - C) * |B - A| / (|B - A| + |B - C|)``
+    over the orderings of three candidate references, on the exact samples; None without three."""
+    if len(candidates) < 3:
+        return None
+    best: tuple[float, float, tuple[int, int, int]] | None = None
+    for a, b, c in itertools.permutations(candidates[:4], 3):
+        num = den = tt = 0.0
+        fs, ts = [], []
+        for st, sr in zip(sample_target, sample_refs, strict=True):
+            if st.size == 0:
+                continue
+            A, B, C = sr[a], sr[b], sr[c]
+            dba, dbc = np.abs(B - A), np.abs(B - C)
+            s = dba + dbc
+            f = 1.8 * (B - C) * np.divide(dba, s, out=np.zeros_like(s), where=s > 0)
+            t = st - A
+            fs.append(f)
+            ts.append(t)
+            num += float(f @ t)
+            den += float(f @ f)
+            tt += float(t @ t)
+        if den <= 0 or tt <= 0:
+            continue
+        alpha = num / den
+        rss = sum(float(((t - alpha * f) ** 2).sum()) for t, f in zip(ts, fs, strict=True))
+        share = float(np.sqrt(rss / tt))
+        if best is None or share < best[0]:
+            best = (share, float(alpha), (a, b, c))
+    return best
+
+
+def per_layer_fit(gram: np.ndarray, cross: np.ndarray, yy: np.ndarray, cols: Sequence[int]) -> tuple[np.ndarray, float]:
+    """Each layer fitted on its own: (L, s) coefficients and the unexplained share over the model."""
+    idx = np.asarray(cols, dtype=int)
+    n_layers = gram.shape[0]
+    coef = np.zeros((n_layers, idx.size))
+    rss = 0.0
+    for li in range(n_layers):
+        g = gram[li][np.ix_(idx, idx)]
+        x = cross[li][idx]
+        if idx.size and np.trace(g) > 0:
+            w = np.linalg.lstsq(g + 1e-12 * np.trace(g) * np.eye(idx.size), x, rcond=None)[0]
+        else:
+            w = np.zeros(idx.size)
+        coef[li] = w
+        rss += max(float(yy[li] - 2 * w @ x + w @ g @ w), 0.0)
+    total = float(yy.sum())
+    return coef, float(np.sqrt(rss / total)) if total > 0 else 0.0
+
+
+def per_tensor_weights(
+    coef: np.ndarray, energy: np.ndarray, names: Sequence[str], u_layer: float, u_block: float, u_global: float
+) -> MethodFinding | None:
+    """A method whose weights change tensor by tensor (SuperMerger cosineA/B, sd-mecha's cosine merges
+    between distant models): the per-layer fit explains what the block fit does not."""
+    if u_global < PER_TENSOR_MIN or u_layer >= PER_TENSOR_GAIN * min(u_block, u_global):
+        return None
+    w = energy / max(float(energy.sum()), 1e-300)
+    mean = (coef * w[:, None]).sum(axis=0)
+    spread = np.sqrt((((coef - mean) ** 2) * w[:, None]).sum(axis=0))
+    sums = coef.sum(axis=1)
+    affine_pair = coef.shape[1] == 2 and float(np.sqrt(((sums - 1.0) ** 2 * w).sum())) < 0.05
+    params = tuple((f"mean_weight_{n}", round(float(m), 4)) for n, m in zip(names, mean, strict=True))
+    spreads = ", ".join(f"{n} {m:.2f}+-{s:.2f}" for n, m, s in zip(names, mean, spread, strict=True))
+    if affine_pair:
+        return MethodFinding(
+            "cosine", "per_tensor_interpolation", params, tuple(names), u_layer, ("cosineA", "cosineB", "add_cosine_a"),
+            f"two models interpolated with a factor that changes tensor by tensor ({spreads}): "
+            "a cosine-similarity merge (SuperMerger cosineA/B, sd-mecha add_cosine)",
+        )
+    return MethodFinding(
+        "per_tensor_weights", "per_tensor", params, tuple(names), u_layer, (),
+        f"weights that change tensor by tensor ({spreads})",
+    )
+
+
+def _subset_values(d: np.ndarray) -> np.ndarray:
+    """Mean and sum of every non-empty subset of the rows of ``d`` (candidates for one coordinate)."""
+    n = d.shape[0]
+    out = []
+    for r in range(1, n + 1):
+        for s in itertools.combinations(range(n), r):
+            tot = d[list(s)].sum(axis=0)
+            out.append(tot / r)
+            if r > 1:
+                out.append(tot)
+    return np.stack(out)
+
+
+def _mode_ratio(t: np.ndarray, v: np.ndarray) -> float:
+    """The common factor c in ``t = c * v_S``: the mode of t / v over candidates (log histogram)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (t[None, :] / v).ravel()
+    r = r[np.isfinite(r) & (r > 1e-3) & (r < 1e3)]
+    if r.size < 10:
+        return 1.0
+    lr = np.log(r)
+    hist, edges = np.histogram(lr, bins=max(50, int((lr.max() - lr.min()) / 0.005) + 1))
+    k = int(np.argmax(hist))
+    peak = 0.5 * (edges[k] + edges[k + 1])
+    near = np.abs(lr - peak) < 0.01
+    return float(np.exp(np.median(lr[near]))) if near.any() else float(np.exp(peak))
+
+
+def elementwise_unexplained(
+    sample_target: Sequence[np.ndarray],
+    sample_refs: Sequence[np.ndarray],
+    base: int,
+    ingredients: Sequence[int],
+    energy: np.ndarray,
+) -> float:
+    """Share of an element-wise (TIES/DARE/DELLA) merge's change that no per-coordinate choice of
+    surviving ingredients explains: per layer, each coordinate keeps the best of ``c * mean`` or
+    ``c * sum`` of a subset of the ingredient deltas (or stays at the base), ``c`` being the layer's
+    common rescale (1/(1-p) for DARE, alpha for TIES); layers weighted by their share of the change."""
+    ings = list(ingredients)[:5]
+    if not ings:
+        return 1.0
+    shares, weights = [], []
+    for li, (st, sr) in enumerate(zip(sample_target, sample_refs, strict=True)):
+        if st.size == 0:
+            continue
+        b = sr[base]
+        t = np.where(_at_base(st, b), 0.0, st - b)
+        den = float(t @ t)
+        if den <= 0:
+            continue
+        v = _subset_values(sr[ings] - b[None, :])
+        moved = t != 0
+        c = _mode_ratio(t[moved], v[:, moved])
+        resid = np.min(np.abs(t[None, :] - c * v), axis=0)
+        resid = np.minimum(resid, np.abs(t))
+        shares.append(float(resid @ resid) / den)
+        weights.append(float(energy[li]) if li < energy.size else 0.0)
+    if not shares:
+        return 1.0
+    w = np.asarray(weights)
+    s = np.asarray(shares)
+    if w.sum() <= 0:
+        w = np.ones_like(s)
+    return float(np.sqrt((s * w).sum() / w.sum()))
+
+
+def _features(d: np.ndarray) -> np.ndarray:
+    """Functions of the ingredient deltas at one coordinate that common merge rules are made of."""
+    n = d.shape[0]
+    cols = [d, np.abs(d), d * np.abs(d)]
+    for i, j in itertools.combinations(range(n), 2):
+        a, b = d[i], d[j]
+        s = np.abs(a) + np.abs(b)
+        ratio = np.divide(np.abs(a - b), s, out=np.zeros_like(s), where=s > 0)
+        cols += [
+            (a * b)[None, :], np.minimum(a, b)[None, :], np.maximum(a, b)[None, :],
+            (a * ratio)[None, :], (b * ratio)[None, :], (np.sign(a) == np.sign(b))[None, :] * (a + b),
+            (np.sign(a) != np.sign(b))[None, :] * a, (np.sign(a) != np.sign(b))[None, :] * b,
+        ]
+        big = np.maximum(np.abs(a), np.abs(b))
+        opp = np.divide(np.maximum(-a * b, 0.0), big**2, out=np.zeros_like(big), where=big > 0)
+        cols += [(opp * a)[None, :], (opp * b)[None, :]]
+    return np.concatenate(cols, axis=0).T
+
+
+def residual_predictability(
+    residual: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], base: int, ingredients: Sequence[int]
+) -> float:
+    """Held-out R^2 of the linear fit's residual at the samples, regressed on functions of the
+    ingredients' deltas at the same coordinates (each layer scaled to unit delta size). Near 0 when
+    the residual is further training or a model the library lacks; high when it is the merge rule."""
+    ings = list(ingredients)[:4]
+    if not ings:
+        return 0.0
+    xs, ys = [], []
+    for r, sr in zip(residual, sample_refs, strict=True):
+        if r.size == 0:
+            continue
+        d = sr[ings] - sr[base][None, :]
+        scale = float(np.sqrt(np.mean(d**2))) or 1.0
+        xs.append(_features(d / scale))
+        ys.append(r / scale)
+    if not xs:
+        return 0.0
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    if y.size < 200 or float(y @ y) <= 0:
+        return 0.0
+    x = np.column_stack([x, np.ones(y.size)])
+    half = np.arange(y.size) % 2 == 0
+    coef = np.linalg.lstsq(x[half], y[half], rcond=None)[0]
+    res = y[~half] - x[~half] @ coef
+    tot = y[~half] - y[~half].mean()
+    return float(1.0 - (res @ res) / max(float(tot @ tot), 1e-300))
