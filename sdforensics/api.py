@@ -38,6 +38,7 @@ from sdforensics.model.stream import Progress
 from sdforensics.readers import open_checkpoint
 from sdforensics.readers.base import Checkpoint
 from sdforensics.readers.remote import as_location
+from sdforensics.recipe.precision import apply_precision, dominant_dtype
 from sdforensics.recipe.results import BLOCK_CONVENTION, RecipeEstimate
 from sdforensics.recipe.text import summarize
 
@@ -375,10 +376,16 @@ def estimate(
     layers = fit_layers(fp, [r.fingerprint for r in refs], [(row.key, row.block, row.component) for row in sim.layers])
     if not layers:
         return None
-    return estimate_recipe(
+    est = estimate_recipe(
         layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
         block_convention=block_convention,
     )
+    # fp8 / bf16 files: a re-save proven from the exact samples, else rounding noise left out
+    stored: dict[str, int] = {}
+    for t in fp.tensors.values():
+        stored[t.dtype] = stored.get(t.dtype, 0) + t.numel
+    pivot = base if base is not None else refs.index(next(r for r in refs if r.name == est.pivot))
+    return apply_precision(est, layers, [r.name for r in refs], pivot, dominant_dtype(stored))
 
 
 def fit_layers(fp: Fingerprint, refs: list[Fingerprint], rows: list[tuple[str, str, str]]) -> list[Any]:

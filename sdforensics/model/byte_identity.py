@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sdforensics.core.dtypes import DTYPES
+from sdforensics.core.dtypes import DTYPES, fp8_to_f16
 from sdforensics.model.hashing import digest_start
 from sdforensics.model.identity import TensorIssue, check_position_ids
 
@@ -69,22 +69,6 @@ _BITS = {
 }
 
 
-def _e4m3_to_f16_bits() -> np.ndarray:
-    """fp16 bit patterns of the 256 float8_e4m3fn values (all exact in fp16); NaN as torch makes it."""
-    out = np.zeros(256, dtype=np.uint16)
-    for b in range(256):
-        sign, exp, man = b >> 7, (b >> 3) & 0xF, b & 0x7
-        if exp == 0xF and man == 0x7:
-            out[b] = 0xFF80 if sign else 0x7F80
-            continue
-        value = (man / 8) * 2.0**-6 if exp == 0 else (1 + man / 8) * 2.0 ** (exp - 7)
-        out[b] = np.array(-value if sign else value, dtype=np.float16).view(np.uint16)
-    return out
-
-
-_E4M3 = _e4m3_to_f16_bits()
-
-
 def _quiet_nans(bits: np.ndarray) -> np.ndarray:
     """Set the quiet bit of fp16 NaNs, as torch's casts do (numpy keeps signalling payloads)."""
     nan = ((bits & 0x7C00) == 0x7C00) & ((bits & 0x03FF) != 0)
@@ -105,10 +89,8 @@ def canonical_f16(code: str, raw: memoryview | bytes, has_nan: bool) -> memoryvi
             bits = np.frombuffer(raw, "<f4").astype(np.float16).view(np.uint16)
         elif code == "F64":  # via float32, as torch's double -> half cast rounds
             bits = np.frombuffer(raw, "<f8").astype(np.float32).astype(np.float16).view(np.uint16)
-        elif code == "F8_E5M2":  # e5m2 is the top byte of an fp16
-            bits = (np.frombuffer(raw, np.uint8).astype(np.uint16) << 8).astype(np.uint16)
-        elif code == "F8_E4M3":
-            return _E4M3[np.frombuffer(raw, np.uint8)].tobytes()
+        elif code in ("F8_E5M2", "F8_E4M3"):  # table lookups, NaNs made quiet as torch does
+            return fp8_to_f16(np.frombuffer(raw, np.uint8), code).tobytes()
         else:
             raise ValueError(f"not a float dtype: {code}")
     if has_nan:

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..core.dtypes import DTYPES, STORAGE_CLASSES, DType
+from ..core.dtypes import DTYPES, FP8_CODES, STORAGE_CLASSES, DType, widen_fp8
 from ..core.errors import CorruptFileError, SdfError, UnsafeFileError, UnsupportedFormatError
 from ..core.safetext import terminal_safe as _esc
 from .base import ClosingCheckpoint, FormatInfo, PickleGlobal, TensorInfo
@@ -411,7 +411,10 @@ class PickleCheckpoint(ClosingCheckpoint):
         if st.crc is not None and st.crc != 0 and _crc(buf) != st.crc:
             raise CorruptFileError(f"{self.path}: storage {ref.key!r} fails its CRC-32 check; the file is "
                                    "damaged. Download it again.")
-        return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes).view(ref.dtype.torch_dtype)
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes)
+        if ref.dtype.code in FP8_CODES:  # handed on as the fp16 values they exactly are
+            return widen_fp8(raw, ref.dtype.code)
+        return raw.view(ref.dtype.torch_dtype)
 
     def close(self) -> None:
         """Nothing to release: every read opens and closes the file itself."""

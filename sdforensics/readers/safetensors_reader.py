@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sdforensics.core.dtypes import DTYPES
+from sdforensics.core.dtypes import DTYPES, FP8_CODES, widen_fp8
 from sdforensics.core.errors import CorruptFileError
 from sdforensics.readers.base import ByteTap, ClosingCheckpoint, FormatInfo, TensorInfo
 from sdforensics.readers.shape_bounds import shape_overflows
@@ -352,6 +352,8 @@ def _to_tensor(raw: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     import torch
 
     dtype = DTYPES[info.dtype].torch_dtype
+    if info.dtype in FP8_CODES:  # fp8 values are handed on as the fp16 values they exactly are
+        return widen_fp8(raw, info.dtype).reshape(info.shape)
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
     return raw.view(dtype).reshape(info.shape)
