@@ -92,7 +92,8 @@ class Checkpoint(Protocol):
         ...
 
     def tensors(self) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
-        """Every tensor with its values, one at a time, in file order (CPU tensors)."""
+        """Every tensor with its values, one at a time, in file order (CPU tensors). fp8 tensors
+        (F8_E4M3, F8_E5M2) come as the float16 values they exactly are; every other dtype as stored."""
         ...
 
     def close(self) -> None: ...
