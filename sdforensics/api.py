@@ -251,6 +251,28 @@ class LibraryIndex:
         return out
 
 
+def library_base_file(path: Path, library: Path | None = None) -> tuple[str, Path] | None:
+    """The family base of the model at ``path`` as a file on this machine: the library's official
+    reference of that family, at a path it was fingerprinted from, if that file is still there
+    unchanged (size and modification time as recorded). None when no library holds such a file.
+    Reads ``path``'s headers only."""
+    from sdforensics.model.stream import read_layout
+
+    with open_checkpoint(as_location(path)) as ckpt:
+        family = read_layout(ckpt).architecture.family
+    if family is None:
+        return None
+    for entry in LibraryIndex.read(search_path(library)).of_family(family):
+        for src in entry.sources if entry.official else ():
+            try:
+                st = Path(src.path).stat()
+            except OSError:
+                continue
+            if st.st_size == src.size and st.st_mtime_ns == src.mtime_ns:
+                return entry.name, Path(src.path)
+    return None
+
+
 def compare_and_estimate(
     analysis: Analysis, fp: Fingerprint, index: LibraryIndex, progress: Progress | None = None
 ) -> dict[str, Any]:

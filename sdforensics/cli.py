@@ -298,16 +298,26 @@ def compare(
     b: Annotated[Path, typer.Argument(metavar="B", help="Second checkpoint (same architecture).")],
     base: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="The family base both derive from: also show change-from-base cosines."),
+        typer.Option(
+            metavar="FILE",
+            help="The family base both derive from: also show change-from-base cosines (default: the library's "
+            "official base of the family, if the file it was added from is still there).",
+        ),
     ] = None,
+    library: LibraryOpt = None,
     format: ListFormatOpt = ListFormat.text,
     quiet: QuietOpt = False,
 ) -> None:
     """Exact per-layer and per-block comparison of two local checkpoints (streams both)."""
+    from sdforensics.api import library_base_file
     from sdforensics.file_compare import compare_files
 
+    _existing_library(library)
+
     def go() -> str:
-        result = compare_files(a, b, base=base)
+        found = library_base_file(a, library) if base is None else None
+        base_file, base_name = (found[1], found[0]) if found else (base, None)
+        result = compare_files(a, b, base=base_file, base_name=base_name)
         return json_out.dumps(result.to_json(), indent=1) if format is ListFormat.json else result.to_text()
 
     _emit(run(go), None)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdforensics.api import analyze, fingerprint_model
-from sdforensics.library.store import Library
+from sdforensics.library.store import Library, source_file
 from sdforensics.report.render_text import analysis_to_text
 from sdforensics.synth.specs import Merge, family_specs, write_safetensors
 
@@ -23,7 +23,8 @@ def run_demo(out: Path, log: Callable[[str], None | object] = print, width: int 
     for name, spec in specs.items():
         path = write_safetensors(spec, out / "models" / f"{name}.safetensors")
         _, fp = fingerprint_model(path, device="cpu")
-        lib.add(fp, "sd15-base" if name == "base" else name, official=name == "base")
+        src = source_file(path, fp.identity.get("sha256"))
+        lib.add(fp, "sd15-base" if name == "base" else name, official=name == "base", sources=[src] if src else [])
         log(f"reference {name}: {path}")
     mix = Merge(((0.5, specs["ft1"]), (0.3, specs["ft2"]), (0.2, specs["ft3"])))
     target = write_safetensors(mix, out / "mystery-mix.safetensors")
@@ -39,9 +40,11 @@ def next_steps(out: Path) -> str:
     mix = shlex.quote(str(Path(out) / "mystery-mix.safetensors"))
     lib = shlex.quote(str(Path(out) / "library"))
     report = shlex.quote(str(Path(out) / "report.html"))
+    ft1, ft2 = (shlex.quote(str(Path(out) / "models" / f"{n}.safetensors")) for n in ("ft1", "ft2"))
     return "\n".join([
         f"Next (the demo library is {lib}, so pass --library):",
         f"  sdf analyze {mix} --library {lib}",
         f"  sdf analyze {mix} --library {lib} --format html --out {report}",
         f"  sdf refs list --library {lib}",
+        f"  sdf compare {ft1} {ft2} --library {lib}",
     ])

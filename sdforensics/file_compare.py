@@ -51,6 +51,8 @@ class PairComparison:
     only_b: tuple[str, ...]
     shape_mismatch: tuple[str, ...]
     base: Path | None = None
+    base_name: str | None = None
+    """The library reference ``base`` was found as (None: given with ``--base``)."""
     delta_sums: tuple[tuple[str | None, float, float, float], ...] = ()
     """Per layer (block, <dA, dB>, |dA|^2, |dB|^2) with dX = X - base (when ``base``)."""
 
@@ -93,6 +95,7 @@ class PairComparison:
             "b": str(self.b),
             "family": self.family,
             "base": str(self.base) if self.base else None,
+            "base_reference": self.base_name,
             "identical": not self.only_a and not self.only_b and all(x.identical for x in self.layers),
             "blocks": self.blocks(),
             "layers": [
@@ -120,7 +123,8 @@ class PairComparison:
             f"only in B: {len(self.only_b)}, shape differs: {len(self.shape_mismatch)}"
         )
         if self.base is not None:
-            lines.append(f"base {printable(str(self.base), 200)}: 'change cos' is the cosine of A - base and "
+            found = f" (the library's {printable(self.base_name, 120)})" if self.base_name else ""
+            lines.append(f"base {printable(str(self.base), 200)}{found}: 'change cos' is the cosine of A - base and "
                          "B - base (1: both changed the same way, 0: unrelated changes)")
         lines.append(f"{'block':6} {'cosine':>10} {'|A-B|/|A|':>10} identical"
                      + (f" {'change cos':>10}" if self.base is not None else ""))
@@ -131,7 +135,8 @@ class PairComparison:
             )
         if self.base is None and self.layers and not all(x.identical for x in self.layers):
             lines.append("note: raw cosines of two models of one family are close to 1 everywhere and say little; "
-                         "pass --base FILE (the family base both derive from) for change-from-base cosines")
+                         "pass --base FILE (the family base both derive from), or add the official base to the "
+                         "library with 'sdf refs add FILE --name NAME --official', for change-from-base cosines")
         return "\n".join(lines) + "\n"
 
 
@@ -191,13 +196,16 @@ class _Aligned:
         return self.pending.pop(key)
 
 
-def compare_files(path_a: Path, path_b: Path, base: Path | None = None) -> PairComparison:
-    """Compare A and B layer by layer; with ``base`` also what each changed from it."""
+def compare_files(
+    path_a: Path, path_b: Path, base: Path | None = None, base_name: str | None = None
+) -> PairComparison:
+    """Compare A and B layer by layer; with ``base`` also what each changed from it (``base_name``:
+    the library reference it is)."""
     with ExitStack() as opened:
         ck_a = opened.enter_context(open_checkpoint(Path(path_a)))
         ck_b = opened.enter_context(open_checkpoint(Path(path_b)))
         ck_0 = opened.enter_context(open_checkpoint(Path(base))) if base is not None else None
-        return _compare_open(Path(path_a), ck_a, Path(path_b), ck_b, base, ck_0)
+        return replace(_compare_open(Path(path_a), ck_a, Path(path_b), ck_b, base, ck_0), base_name=base_name)
 
 
 def _compare_open(

@@ -66,12 +66,14 @@ def test_demo_prints_follow_up_commands_that_work(tmp_path: Path, monkeypatch: p
     assert res.exit_code == 0, res.stderr
     tail = res.stdout.split("Next (the demo library is")[1].splitlines()[1:]
     cmds = [shlex.split(line.strip()) for line in tail if line.strip().startswith("sdf ")]
-    assert [c[1] for c in cmds] == ["analyze", "analyze", "refs"]
+    assert [c[1] for c in cmds] == ["analyze", "analyze", "refs", "compare"]
     first = sdf(*cmds[0][1:], "-q")
     assert "Recipe: 0.5 x ft1 + 0.3 x ft2 + 0.2 x ft3" in first.stdout, first.stdout
     assert sdf(*cmds[1][1:], "-q").exit_code == 0 and (tmp_path / "sdf-demo" / "report.html").is_file()
     listed = sdf(*cmds[2][1:]).stdout
     assert all(n in listed for n in ("sd15-base", "ft1", "ft2", "ft3", "ft4"))
+    compared = sdf(*cmds[3][1:]).stdout  # the library's base is found: change-from-base cosines
+    assert "(the library's sd15-base)" in compared and "change cos" in compared
 
 
 def test_compare_refuses_other_architectures_and_shows_change_from_base(family: dict[str, Path],
@@ -89,6 +91,24 @@ def test_compare_refuses_other_architectures_and_shows_change_from_base(family: 
     assert max(delta) < 0.95  # two independent fine-tunes: their changes differ
     child = json.loads(sdf("compare", family["ft1"], family["ft6"], "--base", family["base"], "-f", "json").stdout)
     assert min(b["delta_cosine"] for b in child["blocks"].values()) > max(delta)  # ft6 is a child of ft1
+
+
+def test_compare_takes_the_family_base_from_the_library(family: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    base = shutil.copy2(family["base"], tmp_path / "base.safetensors")
+    lib = tmp_path / "lib"
+    assert sdf("refs", "add", base, "--name", "sd15-base", "--official", "--library", lib, "-q").exit_code == 0
+    doc = json.loads(sdf("compare", family["ft1"], family["ft2"], "--library", lib, "-f", "json").stdout)
+    given = json.loads(sdf("compare", family["ft1"], family["ft2"], "--base", base, "-f", "json").stdout)
+    assert doc["base_reference"] == "sd15-base" and doc["base"] == str(base) and given["base_reference"] is None
+    assert doc["blocks"] == given["blocks"]  # the same change-from-base cosines as with --base
+    text = sdf("compare", family["ft1"], family["ft2"], "--library", lib).stdout
+    assert "(the library's sd15-base)" in text and "change cos" in text
+    Path(base).write_bytes(Path(base).read_bytes())  # the file changed since it was added: not trusted
+    raw = sdf("compare", family["ft1"], family["ft2"], "--library", lib)
+    assert raw.exit_code == 0 and "change cos" not in raw.stdout and "--official" in raw.stdout
+    assert sdf("compare", family["ft1"], family["ft2"], "--library", tmp_path / "nope").exit_code == 2
 
 
 def test_refs_add_warns_on_overwrite_and_duplicate(family: dict[str, Path], tmp_path: Path) -> None:
