@@ -1,4 +1,5 @@
-"""TIES / DARE / DARE-TIES detection (merges made with sd-mecha when installed) and LoRA helpers."""
+"""TIES / DARE / DARE-TIES detection (merges made with sd-mecha when installed) and LoRA helpers,
+through the production fingerprint (tests/estimator_prints.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from estimator_prints import production_layers
 
 from sdforensics.recipe.estimate import estimate_recipe
 from sdforensics.recipe.nonlinear import (
@@ -17,7 +19,7 @@ from sdforensics.recipe.nonlinear import (
     numerical_rank,
     top_energy_share_of_noise,
 )
-from sdforensics.synth.estimate_layers import Family, fingerprint, make_family
+from sdforensics.synth.estimate_layers import Family, make_family
 
 torch = pytest.importorskip("torch")
 try:
@@ -42,7 +44,8 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def fam() -> Family:
-    return make_family({n: None for n in POOL}, seed=21, narrow=4)
+    # the whole family width: layers big enough to be sketched and sampled by the production fingerprint
+    return make_family({n: None for n in POOL}, seed=21)
 
 
 def _ties_sum(deltas: list, k: float) -> Any:
@@ -88,7 +91,7 @@ def _merge(fam: Family, ings: tuple[str, ...], alpha: float, method: Callable[[l
         deltas = [torch.from_numpy(t[n][i]) - base for n in ings]
         return (base + alpha * method(deltas)).numpy()
 
-    return fingerprint(fam, make)
+    return production_layers(fam, make)
 
 
 def _score(fam: Family, method_name: str) -> tuple[int, list[str]]:
@@ -126,7 +129,7 @@ def test_elementwise_merges_detected(fam, method_name):
 
 
 def test_linear_merge_is_not_elementwise(fam):
-    layers = fingerprint(fam, lambda i, t: (0.5 * t["A"][i] + 0.5 * t["B"][i]).astype(np.float16))
+    layers = production_layers(fam, lambda i, t: 0.5 * t["A"][i] + 0.5 * t["B"][i], np.float16)
     est = estimate_recipe(layers, list(fam.names), 0)
     assert est.elementwise is not None and est.elementwise.kind == "linear"
     assert est.kind == "weighted_sum" and est.loras == ()
@@ -169,7 +172,7 @@ def test_ties_saved_in_fp16_against_fp32_library(fam):
         deltas = [torch.from_numpy(t[n][i]) - base for n in ings]
         return (base + 0.8 * _ties_sum(deltas, 0.3)).half().float().numpy()
 
-    est = estimate_recipe(fingerprint(fam, make), list(fam.names), 0)
+    est = estimate_recipe(production_layers(fam, make), list(fam.names), 0)
     assert est.kind == "ties" and est.elementwise is not None
     assert set(est.elementwise.ingredients) == set(ings)
     assert est.elementwise.density is not None and abs(est.elementwise.density - 0.3) <= 0.1
