@@ -422,6 +422,10 @@ def estimate_recipe(
     library LoRA's name to ``{layer key: sketch of up @ down * alpha / rank}``; such LoRAs become
     extra columns whose coefficient is the strength they were baked in at.
 
+    The stages: the linear fit (forward selection over all references and LoRAs, per block too),
+    element-wise merges from the exact samples (a refit on their ingredients), LoRAs, each
+    component on its own, then the kind of merge and the method that explains it.
+
     >>> from sdforensics.synth.estimate_layers import demo_layers
     >>> layers, names = demo_layers({"A": 0.65, "B": 0.35})
     >>> est = estimate_recipe(layers, names, base=0)
@@ -432,56 +436,131 @@ def estimate_recipe(
     lora_deltas = lora_deltas or {}
     if not layers or n_refs == 0:
         raise ValueError("estimate_recipe needs at least one layer and one reference")
-    everything = np.ones(len(layers), dtype=bool)
-    copies, rel = _nearest_copy(layers, everything, n_refs)
+    copies, rel = _nearest_copy(layers, np.ones(len(layers), dtype=bool), n_refs)
     pivot = base if base is not None else int(np.argmin(rel))
     notes: list[str] = [f"blocks: {block_convention}"]
     if base is None:
         notes.append(f"no official base in the library: deltas are taken from the nearest reference, {names[pivot]}")
-    prob = _Problem(layers, pivot, n_refs, lora_deltas)
-    all_cols = list(range(prob.n_model + len(prob.lora_names)))
-    block_ids = _ordered_blocks(layers)
-    block_of = np.array([layer.block for layer in layers])
+    fitter = _Fitter(_Problem(layers, pivot, n_refs, lora_deltas), layers, names, pivot)
+    fit, blocks, raw_blocks = fitter.fits_for(forward_select(fitter.prob.grams, fitter.all_cols))
+    elementwise = None
+    if base is not None and any(layer.sample_target.size for layer in layers):
+        elementwise = _elementwise_stage(fitter.prob, layers, names, fit, raw_blocks)
+        if elementwise.kind in ("ties", "dare", "dare_ties"):
+            idx = {names[c]: k for k, c in enumerate(fitter.prob.model_cols)}
+            fit, blocks, raw_blocks = fitter.fits_for(tuple(idx[n] for n in elementwise.ingredients if n in idx))
+    aff = _affine_weights(fit, fitter.prob.n_model, fitter.prob.model_cols, pivot)
+    weights = sorted((Weight(names[i], w, _ci(w, v)) for i, (w, v) in aff.items()), key=lambda w: -w.weight)
+    if abs(aff[pivot][0]) < PIVOT_DROP and aff[pivot][1] < PIVOT_DROP_VAR and len(weights) > 1:
+        weights = [w for w in weights if w.reference != names[pivot]]
+    loras, low = _lora_findings(fitter.prob, layers, fit, lora_deltas, elementwise)
+    components, comp_copies = _component_fits(fitter, layers)
+    best = int(np.argmin(rel))
+    exact = bool(rel[best] < 1e-9)
+    near = bool(
+        best in copies
+        and abs(aff.get(best, (0.0, 0.0))[0] - 1.0) < COPY_WEIGHT_TOL
+        and all(abs(w.weight) < WEIGHT_SHOWN or w.reference == names[best] for w in weights)
+    )
+    model_weights = [w for w in weights if abs(w.weight) > WEIGHT_SHOWN]
+    lora_only = bool(loras) and (
+        len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < WEIGHT_SHOWN or not model_weights
+    )
+    kind, copy_of, weights = _kind(
+        fitter, fit, blocks, weights, comp_copies, elementwise, names, base,
+        best=best, exact=exact, near=near, lora_only=lora_only, low=low,
+    )  # fmt: skip
+    supermerger = _supermerger(blocks, weights, fitter.block_ids) if kind == "block_weighted" else None
+    u_block = _block_unexplained(fitter.prob, blocks, fitter.block_of)
+    linear_u = u_block if kind == "block_weighted" else fit.unexplained
+    kind, method, unexplained = _recognise_method(
+        fitter.prob, fit, kind, weights, elementwise, names, base, u_block, linear_u
+    )
+    return RecipeEstimate(
+        block_convention=block_convention,
+        kind=kind,
+        pivot=names[pivot],
+        base=names[base] if base is not None else None,
+        weights=tuple(weights),
+        unexplained=unexplained,
+        method=method,
+        linear_unexplained=linear_u if method is not None and method.unexplained is not None else None,
+        blocks=tuple(blocks),
+        components=tuple(components),
+        ambiguous=_ambiguous(fitter.prob, fit, names) if base is not None else (),
+        loras=tuple(loras),
+        elementwise=elementwise,
+        supermerger=supermerger,
+        copy_of=copy_of,
+        notes=tuple(notes),
+    )
 
-    def fits_for(cols: Sequence[int]) -> tuple[Fit, list[BlockFit], dict[str, Fit]]:
-        f = fit_columns(prob.grams, cols)
+
+PIVOT_DROP = 0.005
+"""The pivot's own weight (and ``PIVOT_DROP_VAR``, its variance) below which it is left out of the answer."""
+PIVOT_DROP_VAR = 1e-4
+WEIGHT_SHOWN = 0.02
+"""A reference weight below this is not an ingredient (for copies, LoRA-only models, the kinds)."""
+COPY_WEIGHT_TOL = 0.015
+"""A near-copy: the nearest reference's weight within this of 1 (and every other weight below ``WEIGHT_SHOWN``)."""
+LOWRANK_MIN_UNEXPLAINED = 0.05
+"""Look for an unknown LoRA's low-rank residual only when the fit leaves more than this."""
+LORA_MIN_LAYERS = 3
+"""A LoRA touches many layers: one or two low-rank leftovers are more likely a fine-tune's own
+low-rank part (measured: a false rank-8 "LoRA" on 1 layer in 3 full-size non-LoRA merges)."""
+UNKNOWN_SHARE = 0.3
+"""No reference selected and more than this unexplained: nothing in the library explains the model."""
+ADD_DIFF_NEGATIVE = 0.03
+"""A weight below minus this, with its interval below 0: an add-difference merge."""
+
+
+class _Fitter:
+    """The linear fits of one problem: over all layers, and per merge block, on chosen columns."""
+
+    def __init__(self, prob: _Problem, layers: Sequence[LayerData], names: Sequence[str], pivot: int) -> None:
+        self.prob, self.names, self.pivot = prob, names, pivot
+        self.all_cols = list(range(prob.n_model + len(prob.lora_names)))
+        self.block_ids = _ordered_blocks(layers)
+        self.block_of = np.array([layer.block for layer in layers])
+
+    def fits_for(self, cols: Sequence[int]) -> tuple[Fit, list[BlockFit], dict[str, Fit]]:
+        f = fit_columns(self.prob.grams, cols)
         bfs, raw = [], {}
-        for blk in block_ids:
-            bf, rf = _block_fit(prob, block_of == blk, cols, blk, names, pivot)
+        for blk in self.block_ids:
+            bf, rf = _block_fit(self.prob, self.block_of == blk, cols, blk, self.names, self.pivot)
             bfs.append(bf)
             raw[blk] = rf
         return f, bfs, raw
 
-    chosen = forward_select(prob.grams, all_cols)
-    fit, blocks, raw_blocks = fits_for(chosen)
 
-    # element-wise merges: only visible in the exact coordinate samples, around the real base
-    elementwise: ElementwiseFinding | None = None
-    if base is not None and any(layer.sample_target.size for layer in layers):
-        preds = []
-        for layer in layers:
-            rf = raw_blocks[layer.block]
-            use = rf if rf.columns else fit
-            mcols = [(k, c) for k, c in enumerate(use.columns) if c < prob.n_model]
-            pred = np.zeros(layer.sample_target.shape[0])
-            for k, c in mcols:
-                pred += use.coef[k] * (layer.sample_refs[prob.model_cols[c]] - layer.sample_refs[pivot])
-            preds.append(pred)
-        elementwise = detect_elementwise(
-            [la.sample_target for la in layers], [la.sample_refs for la in layers], pivot, preds, names
-        )
-        if elementwise.kind in ("ties", "dare", "dare_ties"):
-            idx = {names[c]: k for k, c in enumerate(prob.model_cols)}
-            chosen = tuple(idx[n] for n in elementwise.ingredients if n in idx)
-            fit, blocks, raw_blocks = fits_for(chosen)
+def _elementwise_stage(
+    prob: _Problem, layers: Sequence[LayerData], names: Sequence[str], fit: Fit, raw_blocks: dict[str, Fit]
+) -> ElementwiseFinding:
+    """Element-wise merges (TIES, DARE) are only visible in the exact coordinate samples, around the
+    real base: each layer's samples against what the (block's) linear fit predicts there."""
+    preds = []
+    for layer in layers:
+        rf = raw_blocks[layer.block]
+        use = rf if rf.columns else fit
+        pred = np.zeros(layer.sample_target.shape[0])
+        for k, c in enumerate(use.columns):
+            if c < prob.n_model:
+                pred += use.coef[k] * (layer.sample_refs[prob.model_cols[c]] - layer.sample_refs[prob.pivot])
+        preds.append(pred)
+    return detect_elementwise(
+        [la.sample_target for la in layers], [la.sample_refs for la in layers], prob.pivot, preds, names
+    )
 
-    aff = _affine_weights(fit, prob.n_model, prob.model_cols, pivot)
-    weights = [Weight(names[i], w, _ci(w, v)) for i, (w, v) in aff.items()]
-    weights.sort(key=lambda w: -w.weight)
-    if abs(aff[pivot][0]) < 0.005 and aff[pivot][1] < 1e-4 and len(weights) > 1:
-        weights = [w for w in weights if w.reference != names[pivot]]
 
-    # LoRAs: known ones are columns; unknown ones show as a low-rank residual
+def _lora_findings(
+    prob: _Problem,
+    layers: Sequence[LayerData],
+    fit: Fit,
+    lora_deltas: Mapping[str, Mapping[str, np.ndarray]],
+    elementwise: ElementwiseFinding | None,
+) -> tuple[list[LoraFinding], bool]:
+    """Library LoRAs the fit chose (their strength and rank), then an unknown LoRA: a low-rank
+    residual; and whether any low-rank residual was found (it skews the blocks it touches)."""
     loras: list[LoraFinding] = []
     for k, c in enumerate(fit.columns):
         if c >= prob.n_model:
@@ -496,94 +575,76 @@ def estimate_recipe(
             rank = max(set(known), key=known.count) if known else None
             s = float(fit.coef[k])
             loras.append(LoraFinding(lname, s, _ci(s, float(fit.cov[k, k])), rank, tuple(sketches)))
+    if fit.unexplained <= LOWRANK_MIN_UNEXPLAINED:
+        return loras, False
     residuals = {
         la.key: _tail2d(prob.residual(li, fit), la.sketch2d) for li, la in enumerate(layers) if la.sketch2d is not None
     }
     scales = {la.key: float(np.linalg.norm(prob.ys[li])) for li, la in enumerate(layers)}
-    low = detect_lowrank(residuals, scales, min_share=0.05) if fit.unexplained > 0.05 else None
-    # A LoRA touches many layers: one or two low-rank leftovers are more likely a fine-tune's own
-    # low-rank part (measured: a false rank-8 "LoRA" on 1 layer in 3 full-size non-LoRA merges).
-    if low is not None and len(low.layers) >= 3 and (elementwise is None or elementwise.kind == "linear"):
+    low = detect_lowrank(residuals, scales, min_share=0.05)
+    if low is not None and len(low.layers) >= LORA_MIN_LAYERS and (elementwise is None or elementwise.kind == "linear"):
         loras.append(LoraFinding(None, None, None, low.rank, low.layers))
+    return loras, low is not None
 
-    # components: each refitted on its own, and checked for being a plain copy
+
+def _component_fits(fitter: _Fitter, layers: Sequence[LayerData]) -> tuple[list[BlockFit], dict[str, list[int]]]:
+    """Each component (UNet, text encoder, VAE) refitted on its own, and the references it is a copy of."""
+    prob = fitter.prob
     components: list[BlockFit] = []
     comp_copies: dict[str, list[int]] = {}
     comp_of = np.array([layer.component for layer in layers])
     for comp in dict.fromkeys(comp_of.tolist()):
         mask = comp_of == comp
-        ccopies, crel = _nearest_copy(layers, mask, n_refs)
+        ccopies, crel = _nearest_copy(layers, mask, len(fitter.names))
         comp_copies[comp] = ccopies
-        ccols = forward_select(prob.grams.subset(mask), all_cols)
-        bf, _ = _block_fit(prob, mask, ccols, comp, names, pivot)
-        copy_name = names[int(np.argmin(crel))] if len(ccopies) == 1 else None
+        ccols = forward_select(prob.grams.subset(mask), fitter.all_cols)
+        bf, _ = _block_fit(prob, mask, ccols, comp, fitter.names, fitter.pivot)
+        copy_name = fitter.names[int(np.argmin(crel))] if len(ccopies) == 1 else None
         components.append(BlockFit(comp, bf.weights, bf.unexplained, copy_name))
+    return components, comp_copies
 
-    ambiguous = _ambiguous(prob, fit, names) if base is not None else ()
-    model_weights = [w for w in weights if abs(w.weight) > 0.02]
-    copy_of: str | None = None
-    supermerger = None
-    best = int(np.argmin(rel))
-    exact = bool(rel[best] < 1e-9)
-    near = bool(
-        best in copies
-        and abs(aff.get(best, (0.0, 0.0))[0] - 1.0) < 0.015
-        and all(abs(w.weight) < 0.02 or w.reference == names[best] for w in weights)
-    )
-    lora_only = bool(loras) and (
-        len(model_weights) == 1 and abs(model_weights[0].weight - 1.0) < 0.02 or not model_weights
-    )
+
+def _kind(
+    fitter: _Fitter,
+    fit: Fit,
+    blocks: list[BlockFit],
+    weights: list[Weight],
+    comp_copies: dict[str, list[int]],
+    elementwise: ElementwiseFinding | None,
+    names: Sequence[str],
+    base: int | None,
+    *,
+    best: int,
+    exact: bool,
+    near: bool,
+    lora_only: bool,
+    low: bool,
+) -> tuple[str, str | None, list[Weight]]:
+    """(kind, the reference it is a copy of, the weights shown), first match wins. ``low``: a
+    low-rank residual was found."""
     if lora_only and not exact:  # a LoRA baked into one model: near-copy of it plus the LoRA
-        kind = "lora"
-        if near:
-            copy_of = names[best]
-    elif exact or near:
-        kind, copy_of = "copy", names[best]
-        weights = [w for w in weights if w.reference == copy_of] or [Weight(copy_of, 1.0, (1.0, 1.0))]
+        return "lora", names[best] if near else None, weights
+    if exact or near:
+        copy_of = names[best]
         if exact:
-            weights = [Weight(copy_of, 1.0, (1.0, 1.0))]
-    elif (
+            return "copy", copy_of, [Weight(copy_of, 1.0, (1.0, 1.0))]
+        return "copy", copy_of, [w for w in weights if w.reference == copy_of] or [Weight(copy_of, 1.0, (1.0, 1.0))]
+    if (
         len(comp_copies) >= 2
         and all(comp_copies.values())
         and not set.intersection(*(set(v) for v in comp_copies.values()))
     ):
-        kind = "component_swap"
-    elif elementwise is not None and elementwise.kind in ("ties", "dare", "dare_ties"):
-        kind = "ties" if elementwise.kind == "ties" else "dare"
-    elif lora_only:
-        kind = "lora"
-    elif not any(c < prob.n_model for c in fit.columns) and fit.unexplained > 0.3:
-        kind = "unknown"
-    elif low is None and _is_block_weighted(blocks, weights):  # a LoRA skews the blocks it touches
-        kind = "block_weighted"
-        supermerger = _supermerger(blocks, weights, block_ids)
-    elif any(w.weight < -0.03 and w.ci95[1] < 0 for w in weights):
-        kind = "add_difference"
-    elif (parent := _finetune_parent(weights, names[base] if base is not None else None, fit.unexplained)):
-        kind = "finetune"
-        weights = [w for w in weights if w.reference == parent]
-    else:
-        kind = "weighted_sum"
-    u_block = _block_unexplained(prob, blocks, block_of)
-    linear_u = u_block if kind == "block_weighted" else fit.unexplained
-    kind, method, unexplained = _recognise_method(
-        prob, fit, kind, weights, elementwise, names, base, u_block, linear_u
-    )
-    return RecipeEstimate(
-        block_convention=block_convention,
-        kind=kind,
-        pivot=names[pivot],
-        base=names[base] if base is not None else None,
-        weights=tuple(weights),
-        unexplained=unexplained,
-        method=method,
-        linear_unexplained=linear_u if method is not None and method.unexplained is not None else None,
-        blocks=tuple(blocks),
-        components=tuple(components),
-        ambiguous=ambiguous,
-        loras=tuple(loras),
-        elementwise=elementwise,
-        supermerger=supermerger,
-        copy_of=copy_of,
-        notes=tuple(notes),
-    )
+        return "component_swap", None, weights
+    if elementwise is not None and elementwise.kind in ("ties", "dare", "dare_ties"):
+        return ("ties" if elementwise.kind == "ties" else "dare"), None, weights
+    if lora_only:
+        return "lora", None, weights
+    if not any(c < fitter.prob.n_model for c in fit.columns) and fit.unexplained > UNKNOWN_SHARE:
+        return "unknown", None, weights
+    if not low and _is_block_weighted(blocks, weights):  # a LoRA skews the blocks it touches
+        return "block_weighted", None, weights
+    if any(w.weight < -ADD_DIFF_NEGATIVE and w.ci95[1] < 0 for w in weights):
+        return "add_difference", None, weights
+    if parent := _finetune_parent(weights, names[base] if base is not None else None, fit.unexplained):
+        return "finetune", None, [w for w in weights if w.reference == parent]
+    return "weighted_sum", None, weights
