@@ -269,7 +269,8 @@ def search_library(
     keep_t = np.repeat(tvec.present & base_vec.present, PER_BLOCK)
     tdelta = (tvec.raw.astype(np.float32) - base_vec.raw) * keep_t
     deltas = changes(raw[live], present[live], base_vec, PER_BLOCK)
-    sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas))
+    sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas),
+                            parts=component_columns(blocks, PER_BLOCK))
     names = [models[live[j]].name for j in sel.chosen]
     groups = {models[live[j]].name: [models[live[i]].name for i in sel.groups[j]] for j in sel.chosen}
     groups[base_entry.name] = [models[live[i]].name for i in sel.base_copies if live[i] != at]
@@ -332,6 +333,21 @@ def _low_precision_resaves(
                 if name in loaded:
                     del loaded[name]
                     groups[rep].extend(groups.pop(name, []))
+
+
+SMALL_COMPONENTS = ("BASE", "VAE")
+"""Merge blocks that are whole components besides the UNet (the text encoder(s), the VAE)."""
+
+
+def component_columns(blocks: BlockMap, per_block: int) -> list[np.ndarray]:
+    """The search-vector columns of each small component, for the swap look-up of
+    :func:`sdforensics.library.vectors.select_candidates`."""
+    out = []
+    for b in SMALL_COMPONENTS:
+        if b in blocks.ids:
+            i = blocks.ids.index(b)
+            out.append(np.arange(i * per_block, (i + 1) * per_block))
+    return out
 
 
 def _row(raw: np.ndarray, present: np.ndarray, i: int) -> SearchVector:

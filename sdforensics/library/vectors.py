@@ -33,6 +33,7 @@ coordinate samples: a re-save's samples are the original's rounded to its dtype,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,13 @@ from sdforensics.core.dtypes import DTYPES
 from sdforensics.fingerprinting.fingerprint import Fingerprint
 from sdforensics.model.architecture import BlockMap
 
-VECTOR_VERSION = 1
-"""Changes whenever the projection changes (stored vectors of another version are recomputed)."""
+VECTOR_VERSION = 2
+"""Changes whenever the projection changes (stored vectors of another version are recomputed).
+2: buffers (:data:`BUFFERS`) left out."""
+BUFFERS = ("position_ids",)
+"""Last name parts of tensors that are buffers, not weights, left out of the vector: CLIP's
+``position_ids`` are int64 in one file and float in another (sd-mecha writes them in the merge's
+dtype), and as floats their 0..76 would count as a change far larger than any fine-tune's."""
 PER_BLOCK = 16
 """Buckets per merge block: 27 blocks x 16 = 432 values for SD1 (1.7 KB in float32; the change
 matrix of 1,000,000 references is 0.86 GB in float16)."""
@@ -61,6 +67,11 @@ NEAR_MAX = 32
 RESAVE_EQUAL = 0.9
 """Share of sampled coordinates that must round exactly for a re-save (measured: fp8 and bf16
 re-saves 1.0; a child fine-tune or another model ~0)."""
+SWAP_COSINE = 0.9
+"""Cosine over one component's blocks from which a reference is taken as that component's source
+(a component swap: the text encoder or VAE copied whole from another model)."""
+PART_MIN = 0.01
+"""A component whose change is below this share of the target's whole change is not looked up."""
 CHUNK = 65536
 """References per matrix product (bounds the float32 working copy of a float16 matrix)."""
 
@@ -114,6 +125,8 @@ class Projector:
         present = np.zeros(self.n_blocks, bool)
         for key, t in fp.tensors.items():
             if t.dtype.startswith(("I", "U")) or t.dtype == "BOOL" or not t.values.size:
+                continue
+            if key.rsplit(".", 1)[-1] in BUFFERS:
                 continue
             plan = self._plan(key, int(t.values.size))
             if plan is None:
@@ -178,23 +191,35 @@ def select_candidates(
     limit: int,
     norms: np.ndarray | None = None,
     group_cosine: float = GROUP_COSINE,
+    parts: Sequence[np.ndarray] = (),
 ) -> Selection:
     """Up to ``limit`` representatives for the recipe fit of ``target`` (its change from the base)
     among ``refs`` (their changes, one row each). See the module docstring. ``base_norm``: norm of
-    the base's own vector (what "nil" is measured against); ``norms``: the rows' norms, if known."""
+    the base's own vector (what "nil" is measured against); ``norms``: the rows' norms, if known.
+    ``parts``: the columns of each small component (text encoder, VAE); the rest is the UNet. The
+    reference whose change matches the target's over one component (cosine >= :data:`SWAP_COSINE`)
+    is taken first: in a component swap that component is a small share of the whole change, and
+    the pursuit alone can leave its source to be outranked by thousands of references."""
     n = len(refs)
     norms = row_norms(refs) if norms is None else norms
     tnorm = float(np.linalg.norm(target))
     nil = norms <= BASE_COPY * base_norm
     safe = np.where(nil, 1.0, norms)
-    cos = np.where(nil, 0.0, _matvec(refs, target) / safe / max(tnorm, 1e-30))
     taken = nil.copy()
     chosen: list[int] = []
     groups: dict[int, tuple[int, ...]] = {}
     near: dict[int, tuple[int, ...]] = {}
 
+    tdots = _matvec(refs, target) if n else np.zeros(0, np.float32)
+    cos = np.where(nil, 0.0, tdots / safe / max(tnorm, 1e-30))
+    # column k: every reference's dot product with the k-th chosen one; one read of the matrix per
+    # chosen reference serves its grouping and every later pursuit step (refs @ residual =
+    # tdots - cols @ coef, the residual being target - chosen.T @ coef)
+    cols = np.empty((n, max(limit, 0)), np.float32)
+
     def take(j: int) -> None:
         dots = _matvec(refs, refs[j].astype(np.float32))
+        cols[:, len(chosen)] = dots
         nj = max(float(norms[j]), 1e-30)
         same = dots / safe / nj
         members = np.flatnonzero((same >= group_cosine) & ~taken)
@@ -207,26 +232,72 @@ def select_candidates(
         near[j] = tuple(int(i) for i in maybe[np.argsort(-same[maybe], kind="stable")][:NEAR_MAX])
 
     if n and tnorm > 0:
-        residual = target.astype(np.float64)
+        for dots, pnorms, tpart in _part_dots(target, refs, norms, tdots, parts):
+            if tpart < PART_MIN * tnorm or len(chosen) >= limit:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                score = np.where(pnorms > 0, dots / np.where(pnorms > 0, pnorms, 1.0) / tpart, 0.0)
+            score[taken] = -1.0
+            j = int(np.argmax(score))
+            if score[j] >= SWAP_COSINE:
+                take(j)
+        coef, residual = _fit(refs, chosen, target)
         while len(chosen) < limit:
             rnorm = float(np.linalg.norm(residual))
             if rnorm <= 1e-6 * tnorm:
                 break
-            score = np.abs(_matvec(refs, residual)) / safe / rnorm
+            along = tdots - cols[:, : len(chosen)] @ coef.astype(np.float32) if chosen else tdots
+            score = np.abs(along) / safe / rnorm
             score[taken] = -1.0
             j = int(np.argmax(score))
             if score[j] < MIN_PURSUIT:
                 break
             take(j)
-            basis = refs[chosen].astype(np.float64)
-            coef, *_ = np.linalg.lstsq(basis.T, target.astype(np.float64), rcond=None)
-            residual = target - basis.T @ coef
+            coef, residual = _fit(refs, chosen, target)
         for j in np.argsort(-np.abs(cos), kind="stable"):
             if len(chosen) >= limit or abs(cos[j]) < MIN_PURSUIT / 2:
                 break
             if not taken[j]:
                 take(int(j))
     return Selection(tuple(chosen), groups, near, tuple(int(i) for i in np.flatnonzero(nil)), cos)
+
+
+def _fit(refs: np.ndarray, chosen: list[int], target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares weights of the chosen rows for ``target``, and what they leave of it."""
+    t = target.astype(np.float64)
+    if not chosen:
+        return np.zeros(0), t
+    basis = refs[chosen].astype(np.float64)
+    coef = np.linalg.lstsq(basis.T, t, rcond=None)[0]
+    return coef, t - basis.T @ coef
+
+
+def _part_dots(
+    target: np.ndarray, refs: np.ndarray, norms: np.ndarray, tdots: np.ndarray, parts: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per component (each of ``parts``, then the remaining columns): every row's dot product with
+    the target over its columns, the rows' norms there and the target's norm there."""
+    if not parts:
+        return []
+    out = []
+    rest_dots = tdots.astype(np.float64)
+    rest_sq = norms.astype(np.float64) ** 2
+    rest_cols = np.ones(refs.shape[1], bool)
+    t = target.astype(np.float32)
+    for cols in parts:
+        dots = np.empty(len(refs), np.float32)
+        sq = np.empty(len(refs), np.float32)
+        for start in range(0, len(refs), CHUNK):
+            sub = refs[start : start + CHUNK, cols].astype(np.float32)
+            dots[start : start + CHUNK] = sub @ t[cols]
+            sq[start : start + CHUNK] = np.einsum("ij,ij->i", sub, sub)
+        rest_dots -= dots
+        rest_sq -= sq
+        rest_cols[cols] = False
+        out.append((dots, np.sqrt(sq), float(np.linalg.norm(t[cols]))))
+    out.append((rest_dots.astype(np.float32), np.sqrt(np.maximum(rest_sq, 0.0)).astype(np.float32),
+                float(np.linalg.norm(t[rest_cols]))))
+    return out
 
 
 def _rounds_to(src: np.ndarray, dst: np.ndarray, dtype: str) -> np.ndarray:
