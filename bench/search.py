@@ -223,13 +223,8 @@ def vectors_part(args: argparse.Namespace) -> list[tuple[str, bool | None]]:
     for n in [0, *args.sizes]:
         rng = np.random.default_rng(args.seed + n)
         t = time.perf_counter()
-        synth, kinds = synthetic_rows(n, vecs, scale, rng)
-        at = np.sort(rng.choice(n + len(REAL), len(REAL), replace=False))
-        raw = np.empty((n + len(REAL), proj.dim), np.float32)
-        mask = np.ones(len(raw), bool)
-        mask[at] = False
-        raw[mask] = synth
-        del synth
+        raw, kinds = synthetic_rows(max(n, len(REAL)), vecs, scale, rng)  # the real ones replace 7 rows
+        at = rng.choice(len(raw), len(REAL), replace=False)
         for i, name in zip(at, REAL, strict=True):
             raw[i] = vecs[name].raw
         index = dict(zip(REAL, (int(i) for i in at), strict=True))

@@ -268,7 +268,10 @@ def search_library(
     tvec = projector.vector(target)
     keep_t = np.repeat(tvec.present & base_vec.present, PER_BLOCK)
     tdelta = (tvec.raw.astype(np.float32) - base_vec.raw) * keep_t
-    deltas = changes(raw[live], present[live], base_vec, PER_BLOCK)
+    if len(live) < len(models):
+        raw, present = raw[live], present[live]
+    deltas = changes(raw, present, base_vec, PER_BLOCK)  # float16: half the float32 vectors
+    del raw
     sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas),
                             parts=component_columns(blocks, PER_BLOCK))
     names = [models[live[j]].name for j in sel.chosen]
