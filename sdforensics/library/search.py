@@ -34,6 +34,7 @@ from sdforensics.fingerprinting.similarity import (
 from sdforensics.library.store import RefEntry, Reference, load_reference
 from sdforensics.library.vecstore import VectorFile
 from sdforensics.library.vectors import (
+    NEAR_TOTAL,
     PER_BLOCK,
     Projector,
     SearchVector,
@@ -270,7 +271,7 @@ def search_library(
     tdelta = (tvec.raw.astype(np.float32) - base_vec.raw) * keep_t
     if len(live) < len(models):
         raw, present = raw[live], present[live]
-    deltas = changes(raw, present, base_vec, PER_BLOCK)  # float16: half the float32 vectors
+    deltas = changes(raw, present, base_vec, PER_BLOCK, np.float32, inplace=True)  # no second matrix
     del raw
     sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas),
                             parts=component_columns(blocks, PER_BLOCK))
@@ -317,11 +318,15 @@ def _low_precision_resaves(
     """Join to each loaded representative's group the references :func:`resave_of` finds are a
     re-save of it in another precision (read here; their vectors only said they might be). A
     candidate found to be one leaves the fit (``loaded``) and joins with its own group."""
+    budget = NEAR_TOTAL
     for j in sel.chosen:
         rep = rows[j].name
         if rep not in loaded:
             continue
         for i in sel.near.get(j, ()):
+            if budget <= 0:
+                return
+            budget -= 1
             name = rows[i].name
             if name == rep or any(name in g for g in groups.values()):
                 continue

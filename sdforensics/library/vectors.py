@@ -58,12 +58,17 @@ BASE_COPY = 0.01
 """A change smaller than this share of the base's own vector: a copy or re-save of the base."""
 MIN_PURSUIT = 0.05
 """A pursuit step stops when no reference explains at least this share (cosine) of the residual."""
-NEAR_COSINE = 0.3
+NEAR_COSINE = 0.6
 """Delta cosine from which a reference may be a low-precision re-save of a representative ..."""
 NEAR_SCALE = (0.7, 1.3)
 """... when its change also projects on the representative's with about the same size."""
 NEAR_MAX = 32
-"""Such references checked per representative at most (each costs one fingerprint read)."""
+"""Such references checked per representative at most (each costs one fingerprint read) ..."""
+NEAR_TOTAL = 32
+"""... and over all representatives (a library full of children and merges of one model would
+otherwise cost hundreds of reads)."""
+POOL = 1024
+"""References (the most similar to the target) among which the best-explaining pair is sought."""
 RESAVE_EQUAL = 0.9
 """Share of sampled coordinates that must round exactly for a re-save (measured: fp8 and bf16
 re-saves 1.0; a child fine-tune or another model ~0)."""
@@ -138,12 +143,12 @@ class Projector:
 
 
 def changes(raw: np.ndarray, present: np.ndarray, base: SearchVector, per_block: int,
-            dtype: type = np.float16) -> np.ndarray:
+            dtype: type = np.float16, inplace: bool = False) -> np.ndarray:
     """Each reference's change from ``base`` ((n, dim), float16 by default), over the blocks both
     it and the base have (a block a reference lacks, e.g. a model saved without its VAE, counts as
     unchanged rather than as the base's whole block removed). Rows are computed in float32."""
     keep = np.repeat(present & base.present[None, :], per_block, axis=1)
-    out: np.ndarray = np.empty(raw.shape, dtype)
+    out: np.ndarray = raw if inplace and raw.dtype == dtype == np.float32 else np.empty(raw.shape, dtype)
     for start in range(0, len(raw), CHUNK):
         part = raw[start : start + CHUNK].astype(np.float32) - base.raw.astype(np.float32)
         part *= keep[start : start + CHUNK]
@@ -219,12 +224,17 @@ def select_candidates(
 
     def take(j: int) -> None:
         dots = _matvec(refs, refs[j].astype(np.float32))
-        cols[:, len(chosen)] = dots
         nj = max(float(norms[j]), 1e-30)
         same = dots / safe / nj
         members = np.flatnonzero((same >= group_cosine) & ~taken)
         taken[members] = True
         taken[j] = True
+        if len(members) and int(members[0]) < j:  # the group's first in library order represents it
+            j = int(members[0])
+            dots = _matvec(refs, refs[j].astype(np.float32))
+            nj = max(float(norms[j]), 1e-30)
+            same = dots / safe / nj
+        cols[:, len(chosen)] = dots
         chosen.append(j)
         groups[j] = tuple(int(i) for i in members if i != j)
         scale = dots / (nj * nj)
@@ -240,6 +250,9 @@ def select_candidates(
             score[taken] = -1.0
             j = int(np.argmax(score))
             if score[j] >= SWAP_COSINE:
+                take(j)
+        for j in _best_pair(refs, residual_of(refs, chosen, target), cos, taken, group_cosine):
+            if len(chosen) < limit and not taken[j]:
                 take(j)
         coef, residual = _fit(refs, chosen, target)
         while len(chosen) < limit:
@@ -260,6 +273,43 @@ def select_candidates(
             if not taken[j]:
                 take(int(j))
     return Selection(tuple(chosen), groups, near, tuple(int(i) for i in np.flatnonzero(nil)), cos)
+
+
+def residual_of(refs: np.ndarray, chosen: list[int], target: np.ndarray) -> np.ndarray:
+    return _fit(refs, chosen, target)[1]
+
+
+def _best_pair(refs: np.ndarray, residual: np.ndarray, cos: np.ndarray, taken: np.ndarray,
+               group_cosine: float) -> tuple[int, ...]:
+    """The two references (among the :data:`POOL` most similar to the target, not yet taken and
+    not the same model) that together explain the most of ``residual``, when they explain more
+    than the best one alone: a merge of two models is found whole, where the greedy pursuit takes
+    first a model trained from something like the merge (a hub holds many) and then finds nothing
+    that explains that model's own training."""
+    free = np.flatnonzero(~taken)
+    if len(free) < 2:
+        return ()
+    score = np.abs(cos[free])
+    pool = free[np.argpartition(-score, min(POOL, len(free)) - 1)[:POOL]] if len(free) > POOL else free
+    pool = np.sort(pool)
+    vecs = refs[pool].astype(np.float64)
+    r = residual.astype(np.float64)
+    gram = vecs @ vecs.T
+    c = vecs @ r
+    d = np.diag(gram).copy()
+    ok = d > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        single = np.where(ok, c * c / np.where(ok, d, 1.0), 0.0)
+        det = np.outer(d, d) - gram * gram
+        distinct = (gram * gram < group_cosine**2 * np.outer(d, d)) & np.outer(ok, ok)
+        both = (np.outer(d, c * c) - 2.0 * gram * np.outer(c, c) + np.outer(c * c, d)) / np.where(distinct, det, 1.0)
+    both = np.where(distinct, both, -np.inf)
+    np.fill_diagonal(both, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(both)), both.shape)
+    if not np.isfinite(both[i, j]) or both[i, j] <= float(single.max()) * (1.0 + 1e-6):
+        return ()
+    a, b = int(pool[i]), int(pool[j])
+    return (a, b) if single[i] >= single[j] else (b, a)
 
 
 def _fit(refs: np.ndarray, chosen: list[int], target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
