@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE))
 import recipes as rb  # noqa: E402
 
 from sdforensics.fingerprinting.fingerprint import Fingerprint, TensorPrint  # noqa: E402
+from sdforensics.library.search import component_columns  # noqa: E402
 from sdforensics.library.store import Library  # noqa: E402
 from sdforensics.library.vectors import (  # noqa: E402
     PER_BLOCK,
@@ -147,9 +148,10 @@ def block_scale(vecs: dict[str, SearchVector], per_block: int) -> np.ndarray:
 
 
 def synthetic_rows(n: int, vecs: dict[str, SearchVector], scale: np.ndarray, rng: np.random.Generator,
-                   chunk: int = 100_000) -> tuple[np.ndarray, dict[str, int]]:
+                   related: int | None = None, chunk: int = 100_000) -> tuple[np.ndarray, dict[str, int]]:
     """(n, dim) float32 raw vectors of synthetic references (see the module docstring), and how many
-    of each kind."""
+    of each kind. ``related``: that many children and merges of the real fine-tunes in all (half
+    each); None: 15% and 10% of every size (a stress setting: at 1M, 100,000 merges of 6 models)."""
     base = vecs["base"].raw.astype(np.float32)
     reals = np.stack([vecs[k].raw for k in REAL]).astype(np.float32)
     fts = reals[1:] - base
@@ -157,10 +159,15 @@ def synthetic_rows(n: int, vecs: dict[str, SearchVector], scale: np.ndarray, rng
     out = np.empty((n, dim), np.float32)
     kinds = {"fine-tune": 0, "child of a real ft": 0, "merge of real fts, trained": 0, "copy/re-save of a real ref": 0,
              "copy of the base": 0}
-    p = np.array([0.70, 0.15, 0.10, 0.03, 0.02])
+    p = np.array([0.70, 0.15, 0.10, 0.03, 0.02]) if related is None else np.array([0.95, 0.0, 0.0, 0.03, 0.02])
+    rel = np.zeros(n, np.int8)
+    if related:
+        at = rng.choice(n, min(related, n), replace=False)
+        rel[at] = 1 + (np.arange(len(at)) % 2)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         kind = rng.choice(5, size=m, p=p)
+        kind = np.where(rel[start : start + m] > 0, rel[start : start + m], kind)
         noise = rng.standard_normal((m, dim), dtype=np.float32) * scale.astype(np.float32)
         size = np.exp(rng.normal(0.0, 0.5, m)).astype(np.float32)
         rows = base + noise * size[:, None]
@@ -218,12 +225,13 @@ def vectors_part(args: argparse.Namespace) -> list[tuple[str, bool | None]]:
     scale = block_scale(vecs, PER_BLOCK)
     base = vecs["base"]
     base_norm = float(np.linalg.norm(base.raw))
+    parts = component_columns(blocks, PER_BLOCK)  # as search_library
     rows: list[dict[str, Any]] = []
     checks: list[tuple[str, bool | None]] = []
     for n in [0, *args.sizes]:
         rng = np.random.default_rng(args.seed + n)
         t = time.perf_counter()
-        raw, kinds = synthetic_rows(max(n, len(REAL)), vecs, scale, rng)  # the real ones replace 7 rows
+        raw, kinds = synthetic_rows(max(n, len(REAL)), vecs, scale, rng, args.related)  # the real ones replace 7 rows
         at = rng.choice(len(raw), len(REAL), replace=False)
         for i, name in zip(at, REAL, strict=True):
             raw[i] = vecs[name].raw
@@ -243,7 +251,7 @@ def vectors_part(args: argparse.Namespace) -> list[tuple[str, bool | None]]:
             tdelta = (tv.raw - base.raw) * np.repeat(tv.present & base.present, PER_BLOCK)
             tracemalloc.reset_peak()
             t = time.perf_counter()
-            sel = select_candidates(tdelta, deltas, base_norm, LIMIT, norms)
+            sel = select_candidates(tdelta, deltas, base_norm, LIMIT, norms, parts=parts)
             q_times.append(time.perf_counter() - t)
             q_peaks.append(tracemalloc.get_traced_memory()[1])
             want = {index[r] for r in truth}
@@ -266,7 +274,8 @@ def vectors_part(args: argparse.Namespace) -> list[tuple[str, bool | None]]:
                          raw_mb=raw.nbytes / 2**20, deltas_mb=deltas.nbytes / 2**20, rss=rss_mb()))
         log(f"  {n:,}: {rows[-1]}")
         del raw, deltas, norms, present
-    print(f"\n=== search step alone: {len(targets)} recipe cases planted among N synthetic references "
+    print(f"\n=== search step alone: {len(targets)} recipe cases planted among N synthetic references; "
+          f"related to the real fine-tunes: {'25% (stress)' if args.related is None else args.related} "
           f"(SD1 vectors, {proj.dim} floats; real fingerprints at width 1/{args.width}) ===")
     print("| references | make vectors s | changes+norms s (once per base) | its peak MB | select_candidates median s "
           "| max s | its peak MB | exact top-15 matvec s | recall (selection) | recall (top-15 cosine) "
@@ -573,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench/out/search")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--sizes", default="100000,1000000", help="vectors: synthetic references")
+    ap.add_argument("--related", type=int, default=None,
+                    help="vectors: children + merges of the real fine-tunes in all (default: 25%% of each size)")
     ap.add_argument("--refs", type=int, default=2000, help="analyze: references in the large library")
     ap.add_argument("--repeat", type=int, default=1, help="analyze: runs per library and case (median)")
     ap.add_argument("--only", default="", help="comma list of case names")

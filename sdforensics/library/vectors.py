@@ -67,6 +67,11 @@ NEAR_MAX = 32
 NEAR_TOTAL = 32
 """... and over all representatives (a library full of children and merges of one model would
 otherwise cost hundreds of reads)."""
+PAIR_STEPS = 4
+"""Pair steps at most (each takes the pair, or the one reference when no pair does better, that
+best explains what the chosen ones leave, with the chosen ones' span taken out of every vector)."""
+MIN_PAIR = 0.05
+"""A pair step stops when the best pair explains less than this share of the residual's square."""
 POOL = 1024
 """References (the most similar to the target) among which the best-explaining pair is sought."""
 RESAVE_EQUAL = 0.9
@@ -201,10 +206,12 @@ def select_candidates(
     """Up to ``limit`` representatives for the recipe fit of ``target`` (its change from the base)
     among ``refs`` (their changes, one row each). See the module docstring. ``base_norm``: norm of
     the base's own vector (what "nil" is measured against); ``norms``: the rows' norms, if known.
-    ``parts``: the columns of each small component (text encoder, VAE); the rest is the UNet. The
-    reference whose change matches the target's over one component (cosine >= :data:`SWAP_COSINE`)
-    is taken first: in a component swap that component is a small share of the whole change, and
-    the pursuit alone can leave its source to be outranked by thousands of references."""
+    ``parts``: the columns of each small component (text encoder, VAE); the rest is the UNet. After
+    the pursuit (which leaves them places), the reference whose change matches the target's over
+    one component (cosine >= :data:`SWAP_COSINE`) is taken: in a component swap that component is
+    a small share of the whole change, and the pursuit alone can leave its source to be outranked
+    by thousands of references. (Taken first, a merge's trained-further relatives took the places
+    of its ingredients.)"""
     n = len(refs)
     norms = row_norms(refs) if norms is None else norms
     tnorm = float(np.linalg.norm(target))
@@ -242,20 +249,19 @@ def select_candidates(
         near[j] = tuple(int(i) for i in maybe[np.argsort(-same[maybe], kind="stable")][:NEAR_MAX])
 
     if n and tnorm > 0:
-        for dots, pnorms, tpart in _part_dots(target, refs, norms, tdots, parts):
-            if tpart < PART_MIN * tnorm or len(chosen) >= limit:
-                continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                score = np.where(pnorms > 0, dots / np.where(pnorms > 0, pnorms, 1.0) / tpart, 0.0)
-            score[taken] = -1.0
-            j = int(np.argmax(score))
-            if score[j] >= SWAP_COSINE:
-                take(j)
-        for j in _best_pair(refs, residual_of(refs, chosen, target), cos, taken, group_cosine):
-            if len(chosen) < limit and not taken[j]:
-                take(j)
+        for _ in range(PAIR_STEPS):
+            coef, residual = _fit(refs, chosen, target)
+            along = tdots - cols[:, : len(chosen)] @ coef.astype(np.float32) if chosen else tdots
+            ranks = (cos, along / safe) if chosen else (cos,)
+            pair = _best_pair(refs, chosen, residual, ranks, taken, group_cosine)
+            if not pair or len(chosen) + len(pair) > limit:
+                break
+            for j in pair:
+                if not taken[j]:
+                    take(j)
         coef, residual = _fit(refs, chosen, target)
-        while len(chosen) < limit:
+        reserve = len(parts) + 1 if parts else 0  # places left for the components' sources
+        while len(chosen) < limit - reserve:
             rnorm = float(np.linalg.norm(residual))
             if rnorm <= 1e-6 * tnorm:
                 break
@@ -267,6 +273,15 @@ def select_candidates(
                 break
             take(j)
             coef, residual = _fit(refs, chosen, target)
+        for dots, pnorms, tpart in _part_dots(target, refs, norms, tdots, parts):
+            if tpart < PART_MIN * tnorm or len(chosen) >= limit:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                score = np.where(pnorms > 0, dots / np.where(pnorms > 0, pnorms, 1.0) / tpart, 0.0)
+            score[taken] = -1.0
+            j = int(np.argmax(score))
+            if score[j] >= SWAP_COSINE:
+                take(j)
         for j in np.argsort(-np.abs(cos), kind="stable"):
             if len(chosen) >= limit or abs(cos[j]) < MIN_PURSUIT / 2:
                 break
@@ -275,25 +290,28 @@ def select_candidates(
     return Selection(tuple(chosen), groups, near, tuple(int(i) for i in np.flatnonzero(nil)), cos)
 
 
-def residual_of(refs: np.ndarray, chosen: list[int], target: np.ndarray) -> np.ndarray:
-    return _fit(refs, chosen, target)[1]
-
-
-def _best_pair(refs: np.ndarray, residual: np.ndarray, cos: np.ndarray, taken: np.ndarray,
-               group_cosine: float) -> tuple[int, ...]:
-    """The two references (among the :data:`POOL` most similar to the target, not yet taken and
-    not the same model) that together explain the most of ``residual``, when they explain more
-    than the best one alone: a merge of two models is found whole, where the greedy pursuit takes
-    first a model trained from something like the merge (a hub holds many) and then finds nothing
-    that explains that model's own training."""
+def _best_pair(refs: np.ndarray, chosen: list[int], residual: np.ndarray, ranks: tuple[np.ndarray, ...],
+               taken: np.ndarray, group_cosine: float) -> tuple[int, ...]:
+    """The two references that together explain the most of ``residual`` (among the :data:`POOL`
+    ranked first by ``ranks``, cosine with the target and with the residual; not taken, not the
+    same model), or the one when no pair does better: a merge of two models is found whole, where
+    the greedy pursuit takes first a model trained from something like the merge (a hub holds
+    many) and then finds nothing that explains that model's own training."""
     free = np.flatnonzero(~taken)
     if len(free) < 2:
         return ()
-    score = np.abs(cos[free])
-    pool = free[np.argpartition(-score, min(POOL, len(free)) - 1)[:POOL]] if len(free) > POOL else free
-    pool = np.sort(pool)
+    if len(free) > POOL:  # the most similar to the target, and to what is left of it
+        share = POOL // len(ranks)
+        pool = np.unique(np.concatenate([free[np.argpartition(-np.abs(r[free]), share - 1)[:share]] for r in ranks]))
+    else:
+        pool = free
     vecs = refs[pool].astype(np.float64)
+    if chosen:  # what the chosen ones explain is no longer there to explain
+        q = np.linalg.qr(refs[chosen].astype(np.float64).T)[0]
+        vecs -= (vecs @ q) @ q.T
     r = residual.astype(np.float64)
+    if float(np.linalg.norm(r)) <= 1e-6 * float(np.linalg.norm(refs[pool[0]])) + 1e-30:
+        return ()
     gram = vecs @ vecs.T
     c = vecs @ r
     d = np.diag(gram).copy()
@@ -306,7 +324,12 @@ def _best_pair(refs: np.ndarray, residual: np.ndarray, cos: np.ndarray, taken: n
     both = np.where(distinct, both, -np.inf)
     np.fill_diagonal(both, -np.inf)
     i, j = np.unravel_index(int(np.argmax(both)), both.shape)
-    if not np.isfinite(both[i, j]) or both[i, j] <= float(single.max()) * (1.0 + 1e-6):
+    rr = float(r @ r)
+    best = int(np.argmax(single))
+    if not np.isfinite(both[i, j]) or both[i, j] <= float(single[best]) * (1.0 + 1e-6):
+        # no pair does better than one reference: that one (what is left is one model's change)
+        return (int(pool[best]),) if single[best] >= MIN_PAIR * rr else ()
+    if both[i, j] < MIN_PAIR * rr:
         return ()
     a, b = int(pool[i]), int(pool[j])
     return (a, b) if single[i] >= single[j] else (b, a)
