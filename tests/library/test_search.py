@@ -34,9 +34,12 @@ def prints(family: dict[str, Path], family_specs_sd1: dict, tmp_path_factory: py
     for tag, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float8_e4m3fn)):
         path = write_safetensors(family_specs_sd1["ft3"], out / f"ft3_{tag}.safetensors", dtype=dtype)
         fps[f"ft3_{tag}"] = fingerprint_model(path, device="cpu", scheme=SCHEME)[1]
+    path = write_safetensors(family_specs_sd1["base"], out / "base_fp8.safetensors", dtype=torch.float8_e4m3fn)
+    fps["base_fp8"] = fingerprint_model(path, device="cpu", scheme=SCHEME)[1]
     s = family_specs_sd1
     mix = write_safetensors(Merge(((0.5, s["ft2"]), (0.3, s["ft3"]), (0.2, s["ft4"]))), out / "mix.safetensors")
-    return {"fps": fps, "mix": mix}
+    kept = write_safetensors(Merge(((0.6, s["ft2"]), (0.4, s["base"]))), out / "kept.safetensors")
+    return {"fps": fps, "mix": mix, "kept": kept}
 
 
 def _unrelated(fp: Fingerprint, seed: int) -> Fingerprint:
@@ -99,7 +102,7 @@ def test_resaves_are_named_with_their_model_and_vectors_are_made_when_missing(
     vectors gives the same answer (they are computed again, and stored)."""
     fps = prints["fps"]
     lib = Library(tmp_path / "lib")
-    for n in ("ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft3_bf16", "ft3_fp8"):
+    for n in ("ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft3_bf16", "ft3_fp8", "base_fp8"):
         lib.add(fps[n], n)
     lib.add(fps["ft2"], "downloaded_model")
     for i in range(10):
@@ -113,6 +116,8 @@ def test_resaves_are_named_with_their_model_and_vectors_are_made_when_missing(
     for group, w in named.items():
         truth = next(TRUTH[r] for r in group if r in TRUTH)
         assert abs(w - truth) <= 0.02, rec["text"]
+    kept = _analyze(prints["kept"], lib.folder)["recipe"]  # the base is an ingredient: named with its fp8 re-save
+    assert dict((g["reference"], g["also"]) for g in kept["groups"])["sd15"] == ["base_fp8"], kept["summary"]
     child = _analyze(family["ft1"], lib.folder)["recipe"]  # ft1 itself: ft6 is its child, not a copy
     assert child["kind"] == "copy" and child["copy_of"] == "ft1"
     assert not any("ft6" in g["also"] for g in child["groups"])
