@@ -34,6 +34,8 @@ from sdforensics.fingerprinting.similarity import (
 from sdforensics.library.store import RefEntry, Reference, load_reference
 from sdforensics.library.vecstore import VectorFile
 from sdforensics.library.vectors import (
+    BASE_COPY,
+    NEAR_TOTAL,
     PER_BLOCK,
     Projector,
     SearchVector,
@@ -46,6 +48,11 @@ from sdforensics.library.vectors import (
 from sdforensics.model.architecture import Architecture, BlockMap
 from sdforensics.model.stream import Progress
 
+BASE_RESAVE = 0.1
+"""References whose change is at most this share of the base's vector (and more than a copy's) may
+be the base re-saved in a low precision (fp8 rounding: ~0.04; a fine-tune's change: ~0.05) ..."""
+BASE_RESAVE_MAX = 8
+"""... the smallest this many are checked with :func:`resave_of` (each costs a fingerprint read)."""
 BATCH = 16
 """References loaded at once."""
 POINTING = 0.02
@@ -268,8 +275,15 @@ def search_library(
     tvec = projector.vector(target)
     keep_t = np.repeat(tvec.present & base_vec.present, PER_BLOCK)
     tdelta = (tvec.raw.astype(np.float32) - base_vec.raw) * keep_t
-    deltas = changes(raw[live], present[live], base_vec, PER_BLOCK)
-    sel = select_candidates(tdelta, deltas, float(np.linalg.norm(base_vec.raw)), keep, row_norms(deltas))
+    if len(live) < len(models):
+        raw, present = raw[live], present[live]
+    deltas = changes(raw, present, base_vec, PER_BLOCK, np.float32, inplace=True)  # no second matrix
+    del raw
+    norms = row_norms(deltas)
+    base_norm = float(np.linalg.norm(base_vec.raw))
+    sel = select_candidates(tdelta, deltas, base_norm, keep, norms, parts=component_columns(blocks, PER_BLOCK))
+    small = np.flatnonzero((norms > BASE_COPY * base_norm) & (norms <= BASE_RESAVE * base_norm))
+    base_near = [live[i] for i in small[np.argsort(norms[small], kind="stable")][:BASE_RESAVE_MAX]]
     names = [models[live[j]].name for j in sel.chosen]
     groups = {models[live[j]].name: [models[live[i]].name for i in sel.groups[j]] for j in sel.chosen}
     groups[base_entry.name] = [models[live[i]].name for i in sel.base_copies if live[i] != at]
@@ -288,6 +302,20 @@ def search_library(
         else:
             loaded[e.name] = ref
     _low_precision_resaves(sel, [models[i] for i in live], loaded, groups)
+    if base_entry.name in loaded:  # the base re-saved in fp8: a change too big for a copy, checked exactly
+        for i in base_near:
+            name = models[i].name
+            try:
+                other = loaded[name] if name in loaded else load_reference(models[i])
+            except SdfError:
+                continue
+            if other.fingerprint.scheme == loaded[base_entry.name].fingerprint.scheme and resave_of(
+                loaded[base_entry.name].fingerprint, other.fingerprint
+            ):
+                groups[base_entry.name].append(name)
+                if name in loaded:  # a candidate: it leaves the fit, with its own group
+                    del loaded[name]
+                    groups[base_entry.name].extend(groups.pop(name, []))
     if base_entry.name not in loaded:  # the base changed since it was added: no delta to compare
         return LibraryComparison(None, None, [], {}, loras, skipped, changed=changed)
     order = [e.name for e in models if e.name in loaded]
@@ -313,11 +341,15 @@ def _low_precision_resaves(
     """Join to each loaded representative's group the references :func:`resave_of` finds are a
     re-save of it in another precision (read here; their vectors only said they might be). A
     candidate found to be one leaves the fit (``loaded``) and joins with its own group."""
+    budget = NEAR_TOTAL
     for j in sel.chosen:
         rep = rows[j].name
         if rep not in loaded:
             continue
         for i in sel.near.get(j, ()):
+            if budget <= 0:
+                return
+            budget -= 1
             name = rows[i].name
             if name == rep or any(name in g for g in groups.values()):
                 continue
@@ -332,6 +364,21 @@ def _low_precision_resaves(
                 if name in loaded:
                     del loaded[name]
                     groups[rep].extend(groups.pop(name, []))
+
+
+SMALL_COMPONENTS = ("BASE", "VAE")
+"""Merge blocks that are whole components besides the UNet (the text encoder(s), the VAE)."""
+
+
+def component_columns(blocks: BlockMap, per_block: int) -> list[np.ndarray]:
+    """The search-vector columns of each small component, for the swap look-up of
+    :func:`sdforensics.library.vectors.select_candidates`."""
+    out = []
+    for b in SMALL_COMPONENTS:
+        if b in blocks.ids:
+            i = blocks.ids.index(b)
+            out.append(np.arange(i * per_block, (i + 1) * per_block))
+    return out
 
 
 def _row(raw: np.ndarray, present: np.ndarray, i: int) -> SearchVector:

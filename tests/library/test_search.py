@@ -34,9 +34,12 @@ def prints(family: dict[str, Path], family_specs_sd1: dict, tmp_path_factory: py
     for tag, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float8_e4m3fn)):
         path = write_safetensors(family_specs_sd1["ft3"], out / f"ft3_{tag}.safetensors", dtype=dtype)
         fps[f"ft3_{tag}"] = fingerprint_model(path, device="cpu", scheme=SCHEME)[1]
+    path = write_safetensors(family_specs_sd1["base"], out / "base_fp8.safetensors", dtype=torch.float8_e4m3fn)
+    fps["base_fp8"] = fingerprint_model(path, device="cpu", scheme=SCHEME)[1]
     s = family_specs_sd1
     mix = write_safetensors(Merge(((0.5, s["ft2"]), (0.3, s["ft3"]), (0.2, s["ft4"]))), out / "mix.safetensors")
-    return {"fps": fps, "mix": mix}
+    kept = write_safetensors(Merge(((0.6, s["ft2"]), (0.4, s["base"]))), out / "kept.safetensors")
+    return {"fps": fps, "mix": mix, "kept": kept}
 
 
 def _unrelated(fp: Fingerprint, seed: int) -> Fingerprint:
@@ -99,7 +102,7 @@ def test_resaves_are_named_with_their_model_and_vectors_are_made_when_missing(
     vectors gives the same answer (they are computed again, and stored)."""
     fps = prints["fps"]
     lib = Library(tmp_path / "lib")
-    for n in ("ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft3_bf16", "ft3_fp8"):
+    for n in ("ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft3_bf16", "ft3_fp8", "base_fp8"):
         lib.add(fps[n], n)
     lib.add(fps["ft2"], "downloaded_model")
     for i in range(10):
@@ -113,6 +116,8 @@ def test_resaves_are_named_with_their_model_and_vectors_are_made_when_missing(
     for group, w in named.items():
         truth = next(TRUTH[r] for r in group if r in TRUTH)
         assert abs(w - truth) <= 0.02, rec["text"]
+    kept = _analyze(prints["kept"], lib.folder)["recipe"]  # the base is an ingredient: named with its fp8 re-save
+    assert dict((g["reference"], g["also"]) for g in kept["groups"])["sd15"] == ["base_fp8"], kept["summary"]
     child = _analyze(family["ft1"], lib.folder)["recipe"]  # ft1 itself: ft6 is its child, not a copy
     assert child["kind"] == "copy" and child["copy_of"] == "ft1"
     assert not any("ft6" in g["also"] for g in child["groups"])
@@ -124,3 +129,63 @@ def test_resaves_are_named_with_their_model_and_vectors_are_made_when_missing(
     assert again["recipe"]["groups"] == rec["groups"]
     assert any(vectors.iterdir())
     assert sdf("refs", "verify", "--library", lib.folder).exit_code == 0
+
+
+def _mixed(fps: list[Fingerprint], weights: list[float], seed: int, size: float) -> Fingerprint:
+    """A merge of ``fps`` made in fingerprint space, trained further (an independent change of
+    relative size ``size`` in every sketch): the kind of model a hub is full of."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, t in fps[0].tensors.items():
+        if t.dtype.startswith("I"):
+            out[name] = t
+            continue
+        values = sum(w * fp.tensors[name].values.astype(np.float64) for w, fp in zip(weights, fps, strict=True))
+        scale = size * float(np.sqrt(np.mean(np.square(t.values.astype(np.float64))))) + 1e-9
+        out[name] = replace(t, values=(values + scale * rng.standard_normal(t.values.shape)).astype(np.float32),
+                            digest="", sample=None)  # fmt: skip
+    return Fingerprint(fps[0].scheme, dict(fps[0].identity), out)
+
+
+def test_component_swap_is_found_among_merges_of_its_sources(
+    prints: dict, family_specs_sd1: dict, tmp_path: Path
+) -> None:
+    """A component swap (UNet of ft2, text encoder of ft3, VAE of ft5) against 7 references and
+    40 merges of them trained further: the text encoder and VAE are a small share of the change, so
+    the pursuit alone let merges outrank ft3 and ft5 (the answer was an 'unknown method' of ft2 and
+    ft3); each component's source is now looked up over its own blocks."""
+    from sdforensics.synth.specs import Swap
+
+    s = family_specs_sd1
+    swap = write_safetensors(Swap({"unet": s["ft2"], "text_encoder": s["ft3"], "vae": s["ft5"]}),
+                             tmp_path / "swap.safetensors")  # fmt: skip
+    fps = prints["fps"]
+    fts = ["ft1", "ft2", "ft3", "ft4", "ft5", "ft6"]
+    lib = Library(tmp_path / "lib")
+    lib.add(fps["base"], "sd15", official=True)
+    for n in fts:
+        lib.add(fps[n], n)
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        w = rng.dirichlet(np.ones(len(fts)) * 0.5)
+        lib.add(_mixed([fps[n] for n in fts], list(w), i, 0.03), f"hub{i:02d}")
+    rec = _analyze(swap, lib.folder)["recipe"]
+    assert rec["kind"] == "component_swap", rec["summary"]
+    assert {p: v["copy_of"] for p, v in rec["parts"].items()} == {"unet": "ft2", "text_encoder": "ft3", "vae": "ft5"}
+
+
+def test_position_ids_stored_as_floats_leave_the_search_vector_unchanged(prints: dict) -> None:
+    """sd-mecha writes CLIP's position_ids in the merge's float dtype where the base has int64; as
+    floats their 0..76 counted as a change 50x a fine-tune's in the vector, and every sd-mecha merge
+    was ranked as if made of nothing in the library."""
+    from sdforensics.library.vectors import Projector
+    from sdforensics.model.architecture import block_map_of
+
+    fp = prints["fps"]["ft2"]
+    key = next(k for k in fp.tensors if k.endswith("position_ids"))
+    t = fp.tensors[key]
+    assert t.dtype.startswith("I")
+    as_float = replace(t, dtype="F16", values=np.asarray(t.values, np.float32))
+    floats = Fingerprint(fp.scheme, dict(fp.identity), {**fp.tensors, key: as_float})
+    proj = Projector(block_map_of("sd1"))
+    assert np.array_equal(proj.vector(floats).raw, proj.vector(fp).raw)
