@@ -23,11 +23,15 @@ from scipy.stats import chi2
 
 from sdforensics.recipe.fit import Fit, Grams, build_grams, column_cosines, fit_columns, forward_select
 from sdforensics.recipe.methods import (
+    DELLA_EPS_MAX,
+    DELLA_EPS_MIN,
+    DELLA_LR_MIN,
     PER_TENSOR_MIN,
     PREDICTABLE_R2,
     TRAIN_DIFF_FIT_MAX,
     UNKNOWN_METHOD_MIN,
     elementwise_unexplained,
+    fit_della,
     fit_train_difference,
     name_linear_method,
     per_layer_fit,
@@ -365,6 +369,17 @@ def _recognise_method(
             params.append(("drop", round(elementwise.drop_rate, 4)))
         if elementwise.scale is not None:
             params.append(("alpha", round(elementwise.scale, 4)))
+        della = fit_della(st, sr, prob.pivot, ings) if elementwise.kind in ("dare", "dare_ties") else None
+        if della is not None and della[1] >= DELLA_EPS_MIN and della[2] >= DELLA_LR_MIN and della[1] < DELLA_EPS_MAX:
+            p, eps, lr = della
+            method = MethodFinding(
+                "della", "dare", (("drop", round(p, 4)), ("eps", round(eps, 4))), elementwise.ingredients, u,
+                ("dare with magnitude-ranked drop",),
+                f"DELLA: a DARE drop whose keep probability rises with the change's magnitude rank (drop {p:.2f}, "
+                f"window {eps:.2f}; likelihood ratio {lr:.0f} against DARE's magnitude-blind drop); unexplained share "
+                "measured under the element-wise model",
+            )
+            return kind, method, u
         method = MethodFinding(
             elementwise.kind, "elementwise", tuple(params), elementwise.ingredients, u,
             ("della",) if elementwise.kind != "ties" else (),

@@ -275,6 +275,109 @@ def elementwise_unexplained(
     return float(np.sqrt((s * w).sum() / w.sum()))
 
 
+DELLA_EPS_MIN = 0.05
+"""Smallest DELLA window (spread of keep probabilities by magnitude rank) that is reported as DELLA."""
+
+DELLA_EPS_MAX = 0.55
+"""A fitted window at the grid's edge is a hard magnitude cut (TIES's top-k trim), not DELLA's soft one."""
+
+DELLA_LR_MIN = 30.0
+"""Likelihood-ratio statistic (2 x log-likelihood gain over DARE's magnitude-blind drop) from which the
+drop is magnitude-dependent (chi-square with 1 degree of freedom: 30 is p ~ 4e-8)."""
+
+
+def _zero_patterns(signs: np.ndarray, vote: bool) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Per subset S of the ingredients (those whose change survived the drop), where the merge leaves the
+    base: S empty, or, under a TIES sign vote by count (sd-mecha ``ties_sum_deltas``), a tied vote."""
+    n = signs.shape[0]
+    out = []
+    for r in range(n + 1):
+        for sub in itertools.combinations(range(n), r):
+            if r == 0:
+                out.append((sub, np.ones(signs.shape[1], dtype=bool)))
+            elif vote:
+                out.append((sub, signs[list(sub)].sum(axis=0) == 0))
+    return out
+
+
+def fit_della(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], base: int, ingredients: Sequence[int]
+) -> tuple[float, float, float] | None:
+    """DELLA's (drop p, window eps, likelihood-ratio statistic) from the exact samples, or None.
+
+    DARE drops each delta's coordinates with one probability p; DELLA (sd-mecha
+    ``ties_sum_with_dropout(della_eps=eps)``) keeps a coordinate with probability
+    ``k = 1 - p + eps * (rank - 1/2)``, ``rank`` its magnitude's rank in the tensor (0..1). Where every
+    ingredient moved, the target stays at the base when all were dropped, or (after a TIES sign vote)
+    when the survivors' signs tie: ``P = sum over survivor sets S that leave the base of
+    prod_{i in S} k_i prod_{i not in S} (1 - k_i)``. Ranks are taken within each layer's sample (an
+    unbiased estimate of the tensor's); p and eps are fitted by maximum likelihood on a grid, with and
+    without the vote, against eps = 0 (DARE).
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(size=20000); d = 0.05 * rng.normal(size=20000)
+    >>> rank = np.argsort(np.argsort(np.abs(d))) / d.size
+    >>> keep = rng.random(d.size) < 0.3 + 0.3 * (rank - 0.5)
+    >>> p, eps, lr = fit_della([b + np.where(keep, d / 0.3, 0.0)], [np.stack([b, b + d])], 0, [1])
+    >>> round(p, 1), round(eps, 1), lr > DELLA_LR_MIN
+    (0.7, 0.3, True)
+    """
+    ings = list(ingredients)[:4]
+    if not ings:
+        return None
+    eqs, ranks, signs = [], [], []
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size < 20:
+            continue
+        b = sr[base]
+        d = sr[ings] - b[None, :]
+        moved = (d != 0).all(axis=0)
+        if moved.sum() < 20:
+            continue
+        eq = _at_base(st, b)[moved]
+        if eq.all():  # a layer left alone (or zeroed row by row afterwards) says nothing of the drop
+            continue
+        a = np.abs(d[:, moved])
+        r = (np.argsort(np.argsort(a, axis=1, kind="stable"), axis=1) + 0.5) / a.shape[1]
+        eqs.append(eq)
+        ranks.append(r)
+        signs.append(np.sign(d[:, moved]))
+    if not eqs:
+        return None
+    eq = np.concatenate(eqs).astype(np.float64)
+    rk = np.concatenate(ranks, axis=1) - 0.5
+    sg = np.concatenate(signs, axis=1)
+    if eq.size < 500:
+        return None
+    n = len(ings)
+    patterns = {vote: _zero_patterns(sg, vote) for vote in (False, True)}
+
+    def loglik(p: float, eps: float, vote: bool) -> float:
+        keep = np.clip(1.0 - p + eps * rk, 0.0, 1.0)
+        pr = np.zeros(eq.size)
+        for sub, where in patterns[vote]:
+            inside = np.zeros(n, dtype=bool)
+            inside[list(sub)] = True
+            term = np.prod(np.where(inside[:, None], keep, 1.0 - keep), axis=0)
+            pr += np.where(where, term, 0.0)
+        pr = np.clip(pr, 1e-9, 1 - 1e-9)
+        return float(eq @ np.log(pr) + (1 - eq) @ np.log1p(-pr))
+
+    p0 = float(eq.mean()) ** (1.0 / n)
+    ps = np.clip(np.linspace(p0 - 0.3, p0 + 0.05, 36), 0.01, 0.99)
+    best_dare = max((loglik(p, 0.0, v), p) for v in (False, True) for p in ps)
+    _, pb, eb, vb = max(
+        (loglik(p, e, v), p, e, v) for v in (False, True) for e in np.linspace(0.0, 0.6, 13) for p in ps[::2]
+    )
+    best = max(  # refine around the grid optimum
+        (loglik(p, e, vb), p, e)
+        for e in np.clip(eb + np.linspace(-0.05, 0.05, 11), 0.0, 1.0)
+        for p in np.clip(pb + np.linspace(-0.02, 0.02, 9), 0.01, 0.99)
+    )
+    lr = 2.0 * (best[0] - best_dare[0])
+    return float(best[1]), float(best[2]), float(lr)
+
+
 def _features(d: np.ndarray) -> np.ndarray:
     """Functions of the ingredient deltas at one coordinate that common merge rules are made of."""
     n = d.shape[0]

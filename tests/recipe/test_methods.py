@@ -75,7 +75,35 @@ def test_a_dare_merge_is_explained_by_dare_not_left_98_percent_unexplained(libra
     assert recipe["unexplained"] < 0.02  # re-save noise (fp16), was 0.95 under the linear fit
     assert recipe["linear_unexplained"] > 0.5
     assert recipe["method"]["parameters"]["drop"] == pytest.approx(0.9, abs=0.05)
+    assert recipe["method"]["name"] == "dare"  # a magnitude-blind drop is not taken for DELLA
     assert "unknown ingredient is likely" not in text
+
+
+def test_della_is_told_from_dare_with_its_drop(library: Path, family: dict, tmp_path: Path) -> None:
+    """DELLA (sd-mecha ``ties_sum_with_dropout(della_eps=0.3)``): a DARE drop whose keep probability
+    rises with the magnitude rank, then a TIES sign vote by count. Was reported as plain DARE."""
+    torch.manual_seed(1)
+
+    def keep(d: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+        rank = (torch.argsort(torch.argsort(d.abs().flatten())).double() + 1) / d.numel()
+        prob = (1 - p + eps * (rank - (d.numel() + 1) / (2 * d.numel()))).clamp(0, 1)
+        return d * torch.bernoulli(prob).reshape(d.shape)
+
+    def della(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ds = torch.stack([keep(a - base, 0.7, 0.3), keep(b - base, 0.7, 0.3)])
+        signs = torch.sign(ds)
+        agree = (signs == torch.sign(signs.sum(dim=0))).double()
+        merged = torch.nan_to_num((ds * agree).sum(dim=0) / agree.sum(dim=0))
+        return base + merged / 0.3
+
+    path = _formula(family, tmp_path / "della.safetensors", della, "base", "ft2", "ft4")
+    recipe, text = _analyze(path, library)
+    assert recipe["kind"] == "dare"
+    assert recipe["method"]["name"] == "della" and recipe["method"]["family"] == "dare"
+    assert sorted(recipe["elementwise"]["ingredients"]) == ["ft2", "ft4"]
+    assert recipe["method"]["parameters"]["drop"] == pytest.approx(0.7, abs=0.05)
+    assert recipe["method"]["parameters"]["eps"] == pytest.approx(0.3, abs=0.1)
+    assert recipe["unexplained"] < 0.05
 
 
 def test_slerp_reads_as_the_weighted_sum_it_is_close_to_with_its_t(library: Path, family: dict, tmp_path: Path):
