@@ -28,15 +28,20 @@ from sdforensics.recipe.methods import (
     DELLA_LR_MIN,
     PER_TENSOR_MIN,
     PREDICTABLE_R2,
+    ROBUST_REFIT_MIN,
     TRAIN_DIFF_FIT_MAX,
     UNKNOWN_METHOD_MIN,
     elementwise_unexplained,
     fit_della,
     fit_train_difference,
     name_linear_method,
+    name_per_element,
+    name_robust,
+    per_element_interpolation,
     per_layer_fit,
     per_tensor_weights,
     residual_predictability,
+    robust_sample_fit,
 )
 from sdforensics.recipe.nonlinear import detect_elementwise, detect_lowrank, numerical_rank
 from sdforensics.recipe.results import (
@@ -407,6 +412,13 @@ def _recognise_method(
         pt = per_tensor_weights(coef, energy, [names[i] for i in ing_idx], u_layer, u_block, fit.unexplained)
         if pt is not None:
             return kind, pt, u_layer
+    two_models = kind in ("weighted_sum", "block_weighted") and len(ing_idx) == 2
+    if has_samples and two_models and fit.unexplained >= PER_TENSOR_MIN:
+        pe = name_per_element(
+            per_element_interpolation(st, sr, ing_idx[0], ing_idx[1]), names[ing_idx[0]], names[ing_idx[1]]
+        )
+        if pe is not None:
+            return kind, pe, pe.unexplained if pe.unexplained is not None else linear_u
     named: MethodFinding | None = name_linear_method(kind, weights, names[base])
     if has_samples and kind != "finetune" and model_cols and linear_u >= UNKNOWN_METHOD_MIN:
         resid = [la.sample_target - la.sample_refs[prob.pivot] - _linear_prediction(prob, fit, li)
@@ -420,6 +432,12 @@ def _recognise_method(
                 f"this way: what the linear fit leaves is a function of their own values (held-out R2 {r2:.2f})",
             )
             return "unknown_method", unknown, linear_u
+    if has_samples and kind in ("weighted_sum", "block_weighted") and linear_u >= ROBUST_REFIT_MIN:
+        cands = [i for i in range(len(names)) if i != prob.pivot]
+        rob = robust_sample_fit(st, sr, prob.pivot, cands)
+        found = name_robust(rob[0], rob[1], [names[i] for i in cands], names[base], linear_u) if rob else None
+        if found is not None:
+            return kind, found, linear_u
     return kind, named, linear_u
 
 

@@ -208,6 +208,186 @@ def per_tensor_weights(
     )
 
 
+BETWEEN_MIN = 0.97
+"""Share of the exact samples lying between two ingredients' values (within rounding) from which a
+two-model merge is an element-by-element interpolation of them."""
+
+ELEMENT_K_SPREAD = 0.1
+"""Spread (standard deviation) of the per-element factor above which the interpolation factor varies
+element by element (below it the merge is the weighted sum it is close to)."""
+
+SELECTION_SHARE = 0.9
+"""Share of factors at 0 or 1 from which elements are taken whole from one model or the other."""
+
+
+def per_element_interpolation(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], a: int, b: int
+) -> tuple[float, float, float, float, float] | None:
+    """How a two-model merge sits between its ingredients at the exact samples: (share of samples
+    between A and B, standard deviation of the factor k in ``t = B + k (A - B)``, share of k at 0 or 1,
+    mean k, energy share of the change from B lying outside the segment [A, B]). None without
+    enough samples where A and B differ.
+
+    SuperMerger's cosineA/B take ``k`` per column from a cosine similarity, clamped to [0, 1]: every
+    value lies between the two models, with a factor that changes element by element.
+
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.normal(size=5000); B = A + 0.05 * rng.normal(size=5000)
+    >>> k = np.clip(rng.normal(0.5, 0.4, size=5000), 0, 1)
+    >>> between, spread, ends, mean_k, outside = per_element_interpolation([B + k * (A - B)], [np.stack([A, B])], 0, 1)
+    >>> between > 0.99, spread > 0.2, outside < 1e-6
+    (True, True, True)
+    """
+    ks, ins, outs, tot = [], [], 0.0, 0.0
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size == 0:
+            continue
+        va, vb = sr[a], sr[b]
+        diff = va - vb
+        tol = 2.0 * np.exp2(np.floor(np.log2(np.maximum(np.abs(st), 1e-30))) - 10.0)  # fp16 rounding
+        lo, hi = np.minimum(va, vb) - tol, np.maximum(va, vb) + tol
+        inside = (st >= lo) & (st <= hi)
+        dist = np.maximum(np.maximum(lo - st, st - hi), 0.0)
+        outs += float(dist @ dist)
+        tot += float((st - vb) @ (st - vb))
+        clear = np.abs(diff) > 8.0 * tol
+        ins.append(inside[clear])
+        ks.append((st[clear] - vb[clear]) / diff[clear])
+    if not ks:
+        return None
+    k = np.concatenate(ks)
+    inside_all = np.concatenate(ins)
+    if k.size < 200 or tot <= 0:
+        return None
+    kc = np.clip(k, 0.0, 1.0)
+    ends = float(np.mean((np.abs(kc) < 0.02) | (np.abs(kc - 1.0) < 0.02)))
+    return float(inside_all.mean()), float(kc.std()), ends, float(kc.mean()), float(np.sqrt(outs / tot))
+
+
+def name_per_element(
+    found: tuple[float, float, float, float, float] | None, a: str, b: str
+) -> MethodFinding | None:
+    """The method behind a two-model merge that interpolates element by element (see
+    :func:`per_element_interpolation`): a cosine merge (continuous factor) or a selection of whole
+    elements/slices from either model (sd-mecha tensor_sum, top_k_tensor_sum)."""
+    if found is None:
+        return None
+    between, spread, ends, mean_k, outside = found
+    if between < BETWEEN_MIN or spread < ELEMENT_K_SPREAD:
+        return None
+    params = (("mean_k", round(mean_k, 4)), ("k_spread", round(spread, 4)))
+    if ends >= SELECTION_SHARE:
+        return MethodFinding(
+            "per_element_selection",
+            "per_element",
+            params,
+            (a, b),
+            outside,
+            ("tensor_sum", "top_k_tensor_sum"),
+            f"each element is taken whole from {a} or {b} ({mean_k:.0%} from {a}): a slice/selection merge",
+        )
+    return MethodFinding(
+        "cosine",
+        "per_element_interpolation",
+        params,
+        (a, b),
+        outside,
+        ("cosineA", "cosineB", "add_cosine_a", "add_cosine_b"),
+        f"{between:.0%} of the exact samples lie between {a} and {b}, with a factor that changes element by element "
+        f"(mean {mean_k:.2f} toward {a}, spread {spread:.2f}): a cosine-similarity merge (SuperMerger cosineA/B, "
+        "sd-mecha add_cosine between distant models); the weights are its average",
+    )
+
+
+ROBUST_REFIT_MIN = 0.5
+"""Linear unexplained share from which the exact samples are refitted robustly (a few coordinates the
+merge blew up, as sd-mecha's model stock does on 3x3 kernels, can swamp a least-squares fit)."""
+
+ROBUST_BULK_MAX = 0.35
+"""Median absolute residual of the robust refit, relative to the median absolute change, below which
+the refit explains the bulk of the coordinates."""
+
+
+def robust_sample_fit(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], pivot: int, candidates: Sequence[int]
+) -> tuple[np.ndarray, float] | None:
+    """Weights of ``candidates`` (as changes from ``pivot``) fitted to the target's change at the exact
+    samples by iteratively reweighted least squares (Huber), each layer scaled to unit change; and the
+    median absolute residual relative to the median absolute change (the bulk's misfit). None without
+    samples.
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(size=(1, 4000)); d = 0.05 * rng.normal(size=(2, 4000))
+    >>> t = b[0] + 0.4 * d[0] + 0.4 * d[1]
+    >>> t[:40] *= 50.0  # a few coordinates blown up
+    >>> w, bulk = robust_sample_fit([t], [np.vstack([b, b + d])], 0, [1, 2])
+    >>> np.round(w, 2).tolist(), bulk < 0.05
+    ([0.4, 0.4], True)
+    """
+    cands = list(candidates)
+    xs, ys = [], []
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size == 0:
+            continue
+        x = (sr[cands] - sr[pivot][None, :]).T
+        y = st - sr[pivot]
+        scale = float(np.sqrt(np.mean(x**2))) if x.size else 0.0
+        if scale <= 0:
+            continue
+        xs.append(x / scale)
+        ys.append(y / scale)
+    if not xs:
+        return None
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    if y.size < 200 or not np.any(y):
+        return None
+    w = np.ones(y.size)
+    coef = np.zeros(len(cands))
+    for _ in range(30):
+        sw = np.sqrt(w)
+        coef = np.linalg.lstsq(x * sw[:, None], y * sw, rcond=None)[0]
+        r = y - x @ coef
+        c = 1.345 * max(float(np.median(np.abs(r))) / 0.6745, 1e-12)
+        w = np.minimum(1.0, c / np.maximum(np.abs(r), 1e-300))
+    r = y - x @ coef
+    bulk = float(np.median(np.abs(r)) / max(float(np.median(np.abs(y))), 1e-300))
+    return coef, bulk
+
+
+def name_robust(
+    coef: np.ndarray, bulk: float, names: Sequence[str], base: str, linear_u: float
+) -> MethodFinding | None:
+    """Model stock (equal weights on two or more ingredients, the rest on the base) found by the robust
+    refit where the least-squares fit failed; None when the refit does not explain the bulk, or finds
+    anything else (the least-squares answer stands)."""
+    if bulk > ROBUST_BULK_MAX:
+        return None
+    ings = [(n, float(c)) for n, c in zip(names, coef, strict=True) if abs(c) > 0.05]
+    if not ings:
+        return None
+    ws = [c for _, c in ings]
+    t = float(sum(ws))
+    listed = ", ".join(f"{n} {c:.2f}" for n, c in ings)
+    note = (
+        f"a least-squares fit leaves {linear_u:.0%} unexplained, but a few coordinates carry it: a robust fit of the "
+        f"exact samples gives {listed} (base {1 - t:.2f}), and misses the bulk of the coordinates by "
+        f"{bulk:.0%} of a typical change"
+    )
+    if len(ws) >= 2 and all(c > 0 for c in ws) and max(ws) - min(ws) <= 0.1 * max(ws) + EQUAL_WEIGHTS_TOL:
+        return MethodFinding(
+            "model_stock",
+            "model_stock",
+            (("ratio", round(t, 4)),),
+            tuple(n for n, _ in ings),
+            None,
+            ("n_average with the base",),
+            note + f"; equal weights with the rest on {base}: model stock, ratio t = {t:.2f} (sd-mecha's model "
+            "stock takes t vector by vector, which blows up on 3x3 kernels)",
+        )
+    return None
+
+
 def _subset_values(d: np.ndarray) -> np.ndarray:
     """Mean and sum of every non-empty subset of the rows of ``d`` (candidates for one coordinate)."""
     n = d.shape[0]
