@@ -413,7 +413,9 @@ def _recognise_method(
         if pt is not None:
             return kind, pt, u_layer
     two_models = kind in ("weighted_sum", "block_weighted") and len(ing_idx) == 2
-    if has_samples and two_models and fit.unexplained >= PER_TENSOR_MIN:
+    # linear_u is the per-block fit's share for a block-weighted merge: a factor that changes block by
+    # block is the block weights themselves, not an element-by-element interpolation
+    if has_samples and two_models and linear_u >= PER_TENSOR_MIN:
         pe = name_per_element(
             per_element_interpolation(st, sr, ing_idx[0], ing_idx[1]), names[ing_idx[0]], names[ing_idx[1]]
         )
