@@ -461,6 +461,9 @@ DELLA_EPS_MIN = 0.05
 DELLA_EPS_MAX = 0.55
 """A fitted window at the grid's edge is a hard magnitude cut (TIES's top-k trim), not DELLA's soft one."""
 
+DELLA_SAMPLES_MAX = 20000
+"""Coordinates the DELLA likelihood is evaluated on (ranks are taken on all of them first)."""
+
 DELLA_LR_MIN = 30.0
 """Likelihood-ratio statistic (2 x log-likelihood gain over DARE's magnitude-blind drop) from which the
 drop is magnitude-dependent (chi-square with 1 degree of freedom: 30 is p ~ 4e-8)."""
@@ -529,6 +532,9 @@ def fit_della(
     sg = np.concatenate(signs, axis=1)
     if eq.size < 500:
         return None
+    if eq.size > DELLA_SAMPLES_MAX:  # an even stride: SDXL holds ~0.6 M samples, the grid ~600 fits
+        pick = np.linspace(0, eq.size - 1, DELLA_SAMPLES_MAX).astype(int)
+        eq, rk, sg = eq[pick], rk[:, pick], sg[:, pick]
     n = len(ings)
     patterns = {vote: _zero_patterns(sg, vote) for vote in (False, True)}
 
