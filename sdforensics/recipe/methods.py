@@ -461,7 +461,7 @@ DELLA_EPS_MIN = 0.05
 DELLA_EPS_MAX = 0.55
 """A fitted window at the grid's edge is a hard magnitude cut (TIES's top-k trim), not DELLA's soft one."""
 
-DELLA_SAMPLES_MAX = 20000
+DELLA_SAMPLES_MAX = 8000
 """Coordinates the DELLA likelihood is evaluated on (ranks are taken on all of them first)."""
 
 DELLA_LR_MIN = 30.0
@@ -553,12 +553,12 @@ def fit_della(
     ps = np.clip(np.linspace(p0 - 0.3, p0 + 0.05, 36), 0.01, 0.99)
     best_dare = max((loglik(p, 0.0, v), p) for v in (False, True) for p in ps)
     _, pb, eb, vb = max(
-        (loglik(p, e, v), p, e, v) for v in (False, True) for e in np.linspace(0.0, 0.6, 13) for p in ps[::2]
+        (loglik(p, e, v), p, e, v) for v in (False, True) for e in np.linspace(0.0, 0.6, 7) for p in ps[::3]
     )
     best = max(  # refine around the grid optimum
         (loglik(p, e, vb), p, e)
-        for e in np.clip(eb + np.linspace(-0.05, 0.05, 11), 0.0, 1.0)
-        for p in np.clip(pb + np.linspace(-0.02, 0.02, 9), 0.01, 0.99)
+        for e in np.clip(eb + np.linspace(-0.08, 0.08, 9), 0.0, 1.0)
+        for p in np.clip(pb + np.linspace(-0.04, 0.04, 9), 0.01, 0.99)
     )
     lr = 2.0 * (best[0] - best_dare[0])
     return float(best[1]), float(best[2]), float(lr)
