@@ -23,16 +23,25 @@ from scipy.stats import chi2
 
 from sdforensics.recipe.fit import Fit, Grams, build_grams, column_cosines, fit_columns, forward_select
 from sdforensics.recipe.methods import (
+    DELLA_EPS_MAX,
+    DELLA_EPS_MIN,
+    DELLA_LR_MIN,
     PER_TENSOR_MIN,
     PREDICTABLE_R2,
+    ROBUST_REFIT_MIN,
     TRAIN_DIFF_FIT_MAX,
     UNKNOWN_METHOD_MIN,
     elementwise_unexplained,
+    fit_della,
     fit_train_difference,
     name_linear_method,
+    name_per_element,
+    name_robust,
+    per_element_interpolation,
     per_layer_fit,
     per_tensor_weights,
     residual_predictability,
+    robust_sample_fit,
 )
 from sdforensics.recipe.nonlinear import detect_elementwise, detect_lowrank, numerical_rank
 from sdforensics.recipe.results import (
@@ -365,6 +374,17 @@ def _recognise_method(
             params.append(("drop", round(elementwise.drop_rate, 4)))
         if elementwise.scale is not None:
             params.append(("alpha", round(elementwise.scale, 4)))
+        della = fit_della(st, sr, prob.pivot, ings) if elementwise.kind in ("dare", "dare_ties") else None
+        if della is not None and della[1] >= DELLA_EPS_MIN and della[2] >= DELLA_LR_MIN and della[1] < DELLA_EPS_MAX:
+            p, eps, lr = della
+            method = MethodFinding(
+                "della", "dare", (("drop", round(p, 4)), ("eps", round(eps, 4))), elementwise.ingredients, u,
+                ("dare with magnitude-ranked drop",),
+                f"DELLA: a DARE drop whose keep probability rises with the change's magnitude rank (drop {p:.2f}, "
+                f"window {eps:.2f}; likelihood ratio {lr:.0f} against DARE's magnitude-blind drop); unexplained share "
+                "measured under the element-wise model",
+            )
+            return kind, method, u
         method = MethodFinding(
             elementwise.kind, "elementwise", tuple(params), elementwise.ingredients, u,
             ("della",) if elementwise.kind != "ties" else (),
@@ -392,6 +412,15 @@ def _recognise_method(
         pt = per_tensor_weights(coef, energy, [names[i] for i in ing_idx], u_layer, u_block, fit.unexplained)
         if pt is not None:
             return kind, pt, u_layer
+    two_models = kind in ("weighted_sum", "block_weighted") and len(ing_idx) == 2
+    # linear_u is the per-block fit's share for a block-weighted merge: a factor that changes block by
+    # block is the block weights themselves, not an element-by-element interpolation
+    if has_samples and two_models and linear_u >= PER_TENSOR_MIN:
+        pe = name_per_element(
+            per_element_interpolation(st, sr, ing_idx[0], ing_idx[1]), names[ing_idx[0]], names[ing_idx[1]]
+        )
+        if pe is not None:
+            return kind, pe, pe.unexplained if pe.unexplained is not None else linear_u
     named: MethodFinding | None = name_linear_method(kind, weights, names[base])
     if has_samples and kind != "finetune" and model_cols and linear_u >= UNKNOWN_METHOD_MIN:
         resid = [la.sample_target - la.sample_refs[prob.pivot] - _linear_prediction(prob, fit, li)
@@ -405,6 +434,12 @@ def _recognise_method(
                 f"this way: what the linear fit leaves is a function of their own values (held-out R2 {r2:.2f})",
             )
             return "unknown_method", unknown, linear_u
+    if has_samples and kind in ("weighted_sum", "block_weighted") and linear_u >= ROBUST_REFIT_MIN:
+        cands = [i for i in range(len(names)) if i != prob.pivot]
+        rob = robust_sample_fit(st, sr, prob.pivot, cands)
+        found = name_robust(rob[0], rob[1], [names[i] for i in cands], names[base], linear_u) if rob else None
+        if found is not None:
+            return kind, found, linear_u
     return kind, named, linear_u
 
 

@@ -208,6 +208,186 @@ def per_tensor_weights(
     )
 
 
+BETWEEN_MIN = 0.97
+"""Share of the exact samples lying between two ingredients' values (within rounding) from which a
+two-model merge is an element-by-element interpolation of them."""
+
+ELEMENT_K_SPREAD = 0.1
+"""Spread (standard deviation) of the per-element factor above which the interpolation factor varies
+element by element (below it the merge is the weighted sum it is close to)."""
+
+SELECTION_SHARE = 0.9
+"""Share of factors at 0 or 1 from which elements are taken whole from one model or the other."""
+
+
+def per_element_interpolation(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], a: int, b: int
+) -> tuple[float, float, float, float, float] | None:
+    """How a two-model merge sits between its ingredients at the exact samples: (share of samples
+    between A and B, standard deviation of the factor k in ``t = B + k (A - B)``, share of k at 0 or 1,
+    mean k, energy share of the change from B lying outside the segment [A, B]). None without
+    enough samples where A and B differ.
+
+    SuperMerger's cosineA/B take ``k`` per column from a cosine similarity, clamped to [0, 1]: every
+    value lies between the two models, with a factor that changes element by element.
+
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.normal(size=5000); B = A + 0.05 * rng.normal(size=5000)
+    >>> k = np.clip(rng.normal(0.5, 0.4, size=5000), 0, 1)
+    >>> between, spread, ends, mean_k, outside = per_element_interpolation([B + k * (A - B)], [np.stack([A, B])], 0, 1)
+    >>> between > 0.99, spread > 0.2, outside < 1e-6
+    (True, True, True)
+    """
+    ks, ins, outs, tot = [], [], 0.0, 0.0
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size == 0:
+            continue
+        va, vb = sr[a], sr[b]
+        diff = va - vb
+        tol = 2.0 * np.exp2(np.floor(np.log2(np.maximum(np.abs(st), 1e-30))) - 10.0)  # fp16 rounding
+        lo, hi = np.minimum(va, vb) - tol, np.maximum(va, vb) + tol
+        inside = (st >= lo) & (st <= hi)
+        dist = np.maximum(np.maximum(lo - st, st - hi), 0.0)
+        outs += float(dist @ dist)
+        tot += float((st - vb) @ (st - vb))
+        clear = np.abs(diff) > 8.0 * tol
+        ins.append(inside[clear])
+        ks.append((st[clear] - vb[clear]) / diff[clear])
+    if not ks:
+        return None
+    k = np.concatenate(ks)
+    inside_all = np.concatenate(ins)
+    if k.size < 200 or tot <= 0:
+        return None
+    kc = np.clip(k, 0.0, 1.0)
+    ends = float(np.mean((np.abs(kc) < 0.02) | (np.abs(kc - 1.0) < 0.02)))
+    return float(inside_all.mean()), float(kc.std()), ends, float(kc.mean()), float(np.sqrt(outs / tot))
+
+
+def name_per_element(
+    found: tuple[float, float, float, float, float] | None, a: str, b: str
+) -> MethodFinding | None:
+    """The method behind a two-model merge that interpolates element by element (see
+    :func:`per_element_interpolation`): a cosine merge (continuous factor) or a selection of whole
+    elements/slices from either model (sd-mecha tensor_sum, top_k_tensor_sum)."""
+    if found is None:
+        return None
+    between, spread, ends, mean_k, outside = found
+    if between < BETWEEN_MIN or spread < ELEMENT_K_SPREAD:
+        return None
+    params = (("mean_k", round(mean_k, 4)), ("k_spread", round(spread, 4)))
+    if ends >= SELECTION_SHARE:
+        return MethodFinding(
+            "per_element_selection",
+            "per_element",
+            params,
+            (a, b),
+            outside,
+            ("tensor_sum", "top_k_tensor_sum"),
+            f"each element is taken whole from {a} or {b} ({mean_k:.0%} from {a}): a slice/selection merge",
+        )
+    return MethodFinding(
+        "cosine",
+        "per_element_interpolation",
+        params,
+        (a, b),
+        outside,
+        ("cosineA", "cosineB", "add_cosine_a", "add_cosine_b"),
+        f"{between:.0%} of the exact samples lie between {a} and {b}, with a factor that changes element by element "
+        f"(mean {mean_k:.2f} toward {a}, spread {spread:.2f}): a cosine-similarity merge (SuperMerger cosineA/B, "
+        "sd-mecha add_cosine between distant models); the weights are its average",
+    )
+
+
+ROBUST_REFIT_MIN = 0.5
+"""Linear unexplained share from which the exact samples are refitted robustly (a few coordinates the
+merge blew up, as sd-mecha's model stock does on 3x3 kernels, can swamp a least-squares fit)."""
+
+ROBUST_BULK_MAX = 0.35
+"""Median absolute residual of the robust refit, relative to the median absolute change, below which
+the refit explains the bulk of the coordinates."""
+
+
+def robust_sample_fit(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], pivot: int, candidates: Sequence[int]
+) -> tuple[np.ndarray, float] | None:
+    """Weights of ``candidates`` (as changes from ``pivot``) fitted to the target's change at the exact
+    samples by iteratively reweighted least squares (Huber), each layer scaled to unit change; and the
+    median absolute residual relative to the median absolute change (the bulk's misfit). None without
+    samples.
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(size=(1, 4000)); d = 0.05 * rng.normal(size=(2, 4000))
+    >>> t = b[0] + 0.4 * d[0] + 0.4 * d[1]
+    >>> t[:40] *= 50.0  # a few coordinates blown up
+    >>> w, bulk = robust_sample_fit([t], [np.vstack([b, b + d])], 0, [1, 2])
+    >>> np.round(w, 2).tolist(), bulk < 0.05
+    ([0.4, 0.4], True)
+    """
+    cands = list(candidates)
+    xs, ys = [], []
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size == 0:
+            continue
+        x = (sr[cands] - sr[pivot][None, :]).T
+        y = st - sr[pivot]
+        scale = float(np.sqrt(np.mean(x**2))) if x.size else 0.0
+        if scale <= 0:
+            continue
+        xs.append(x / scale)
+        ys.append(y / scale)
+    if not xs:
+        return None
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    if y.size < 200 or not np.any(y):
+        return None
+    w = np.ones(y.size)
+    coef = np.zeros(len(cands))
+    for _ in range(30):
+        sw = np.sqrt(w)
+        coef = np.linalg.lstsq(x * sw[:, None], y * sw, rcond=None)[0]
+        r = y - x @ coef
+        c = 1.345 * max(float(np.median(np.abs(r))) / 0.6745, 1e-12)
+        w = np.minimum(1.0, c / np.maximum(np.abs(r), 1e-300))
+    r = y - x @ coef
+    bulk = float(np.median(np.abs(r)) / max(float(np.median(np.abs(y))), 1e-300))
+    return coef, bulk
+
+
+def name_robust(
+    coef: np.ndarray, bulk: float, names: Sequence[str], base: str, linear_u: float
+) -> MethodFinding | None:
+    """Model stock (equal weights on two or more ingredients, the rest on the base) found by the robust
+    refit where the least-squares fit failed; None when the refit does not explain the bulk, or finds
+    anything else (the least-squares answer stands)."""
+    if bulk > ROBUST_BULK_MAX:
+        return None
+    ings = [(n, float(c)) for n, c in zip(names, coef, strict=True) if abs(c) > 0.05]
+    if not ings:
+        return None
+    ws = [c for _, c in ings]
+    t = float(sum(ws))
+    listed = ", ".join(f"{n} {c:.2f}" for n, c in ings)
+    note = (
+        f"a least-squares fit leaves {linear_u:.0%} unexplained, but a few coordinates carry it: a robust fit of the "
+        f"exact samples gives {listed} (base {1 - t:.2f}), and misses the bulk of the coordinates by "
+        f"{bulk:.0%} of a typical change"
+    )
+    if len(ws) >= 2 and all(c > 0 for c in ws) and max(ws) - min(ws) <= 0.1 * max(ws) + EQUAL_WEIGHTS_TOL:
+        return MethodFinding(
+            "model_stock",
+            "model_stock",
+            (("ratio", round(t, 4)),),
+            tuple(n for n, _ in ings),
+            None,
+            ("n_average with the base",),
+            note + f"; equal weights with the rest on {base}: model stock, ratio t = {t:.2f} (sd-mecha's model "
+            "stock takes t vector by vector, which blows up on 3x3 kernels)",
+        )
+    return None
+
+
 def _subset_values(d: np.ndarray) -> np.ndarray:
     """Mean and sum of every non-empty subset of the rows of ``d`` (candidates for one coordinate)."""
     n = d.shape[0]
@@ -273,6 +453,115 @@ def elementwise_unexplained(
     if w.sum() <= 0:
         w = np.ones_like(s)
     return float(np.sqrt((s * w).sum() / w.sum()))
+
+
+DELLA_EPS_MIN = 0.05
+"""Smallest DELLA window (spread of keep probabilities by magnitude rank) that is reported as DELLA."""
+
+DELLA_EPS_MAX = 0.55
+"""A fitted window at the grid's edge is a hard magnitude cut (TIES's top-k trim), not DELLA's soft one."""
+
+DELLA_SAMPLES_MAX = 8000
+"""Coordinates the DELLA likelihood is evaluated on (ranks are taken on all of them first)."""
+
+DELLA_LR_MIN = 30.0
+"""Likelihood-ratio statistic (2 x log-likelihood gain over DARE's magnitude-blind drop) from which the
+drop is magnitude-dependent (chi-square with 1 degree of freedom: 30 is p ~ 4e-8)."""
+
+
+def _zero_patterns(signs: np.ndarray, vote: bool) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Per subset S of the ingredients (those whose change survived the drop), where the merge leaves the
+    base: S empty, or, under a TIES sign vote by count (sd-mecha ``ties_sum_deltas``), a tied vote."""
+    n = signs.shape[0]
+    out = []
+    for r in range(n + 1):
+        for sub in itertools.combinations(range(n), r):
+            if r == 0:
+                out.append((sub, np.ones(signs.shape[1], dtype=bool)))
+            elif vote:
+                out.append((sub, signs[list(sub)].sum(axis=0) == 0))
+    return out
+
+
+def fit_della(
+    sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], base: int, ingredients: Sequence[int]
+) -> tuple[float, float, float] | None:
+    """DELLA's (drop p, window eps, likelihood-ratio statistic) from the exact samples, or None.
+
+    DARE drops each delta's coordinates with one probability p; DELLA (sd-mecha
+    ``ties_sum_with_dropout(della_eps=eps)``) keeps a coordinate with probability
+    ``k = 1 - p + eps * (rank - 1/2)``, ``rank`` its magnitude's rank in the tensor (0..1). Where every
+    ingredient moved, the target stays at the base when all were dropped, or (after a TIES sign vote)
+    when the survivors' signs tie: ``P = sum over survivor sets S that leave the base of
+    prod_{i in S} k_i prod_{i not in S} (1 - k_i)``. Ranks are taken within each layer's sample (an
+    unbiased estimate of the tensor's); p and eps are fitted by maximum likelihood on a grid, with and
+    without the vote, against eps = 0 (DARE).
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.normal(size=20000); d = 0.05 * rng.normal(size=20000)
+    >>> rank = np.argsort(np.argsort(np.abs(d))) / d.size
+    >>> keep = rng.random(d.size) < 0.3 + 0.3 * (rank - 0.5)
+    >>> p, eps, lr = fit_della([b + np.where(keep, d / 0.3, 0.0)], [np.stack([b, b + d])], 0, [1])
+    >>> round(p, 1), round(eps, 1), lr > DELLA_LR_MIN
+    (0.7, 0.3, True)
+    """
+    ings = list(ingredients)[:4]
+    if not ings:
+        return None
+    eqs, ranks, signs = [], [], []
+    for st, sr in zip(sample_target, sample_refs, strict=True):
+        if st.size < 20:
+            continue
+        b = sr[base]
+        d = sr[ings] - b[None, :]
+        moved = (d != 0).all(axis=0)
+        if moved.sum() < 20:
+            continue
+        eq = _at_base(st, b)[moved]
+        if eq.all():  # a layer left alone (or zeroed row by row afterwards) says nothing of the drop
+            continue
+        a = np.abs(d[:, moved])
+        r = (np.argsort(np.argsort(a, axis=1, kind="stable"), axis=1) + 0.5) / a.shape[1]
+        eqs.append(eq)
+        ranks.append(r)
+        signs.append(np.sign(d[:, moved]))
+    if not eqs:
+        return None
+    eq = np.concatenate(eqs).astype(np.float64)
+    rk = np.concatenate(ranks, axis=1) - 0.5
+    sg = np.concatenate(signs, axis=1)
+    if eq.size < 500:
+        return None
+    if eq.size > DELLA_SAMPLES_MAX:  # an even stride: SDXL holds ~0.6 M samples, the grid ~600 fits
+        pick = np.linspace(0, eq.size - 1, DELLA_SAMPLES_MAX).astype(int)
+        eq, rk, sg = eq[pick], rk[:, pick], sg[:, pick]
+    n = len(ings)
+    patterns = {vote: _zero_patterns(sg, vote) for vote in (False, True)}
+
+    def loglik(p: float, eps: float, vote: bool) -> float:
+        keep = np.clip(1.0 - p + eps * rk, 0.0, 1.0)
+        pr = np.zeros(eq.size)
+        for sub, where in patterns[vote]:
+            inside = np.zeros(n, dtype=bool)
+            inside[list(sub)] = True
+            term = np.prod(np.where(inside[:, None], keep, 1.0 - keep), axis=0)
+            pr += np.where(where, term, 0.0)
+        pr = np.clip(pr, 1e-9, 1 - 1e-9)
+        return float(eq @ np.log(pr) + (1 - eq) @ np.log1p(-pr))
+
+    p0 = float(eq.mean()) ** (1.0 / n)
+    ps = np.clip(np.linspace(p0 - 0.3, p0 + 0.05, 36), 0.01, 0.99)
+    best_dare = max((loglik(p, 0.0, v), p) for v in (False, True) for p in ps)
+    _, pb, eb, vb = max(
+        (loglik(p, e, v), p, e, v) for v in (False, True) for e in np.linspace(0.0, 0.6, 7) for p in ps[::3]
+    )
+    best = max(  # refine around the grid optimum
+        (loglik(p, e, vb), p, e)
+        for e in np.clip(eb + np.linspace(-0.08, 0.08, 9), 0.0, 1.0)
+        for p in np.clip(pb + np.linspace(-0.04, 0.04, 9), 0.01, 0.99)
+    )
+    lr = 2.0 * (best[0] - best_dare[0])
+    return float(best[1]), float(best[2]), float(lr)
 
 
 def _features(d: np.ndarray) -> np.ndarray:

@@ -75,7 +75,35 @@ def test_a_dare_merge_is_explained_by_dare_not_left_98_percent_unexplained(libra
     assert recipe["unexplained"] < 0.02  # re-save noise (fp16), was 0.95 under the linear fit
     assert recipe["linear_unexplained"] > 0.5
     assert recipe["method"]["parameters"]["drop"] == pytest.approx(0.9, abs=0.05)
+    assert recipe["method"]["name"] == "dare"  # a magnitude-blind drop is not taken for DELLA
     assert "unknown ingredient is likely" not in text
+
+
+def test_della_is_told_from_dare_with_its_drop(library: Path, family: dict, tmp_path: Path) -> None:
+    """DELLA (sd-mecha ``ties_sum_with_dropout(della_eps=0.3)``): a DARE drop whose keep probability
+    rises with the magnitude rank, then a TIES sign vote by count. Was reported as plain DARE."""
+    torch.manual_seed(1)
+
+    def keep(d: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+        rank = (torch.argsort(torch.argsort(d.abs().flatten())).double() + 1) / d.numel()
+        prob = (1 - p + eps * (rank - (d.numel() + 1) / (2 * d.numel()))).clamp(0, 1)
+        return d * torch.bernoulli(prob).reshape(d.shape)
+
+    def della(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ds = torch.stack([keep(a - base, 0.7, 0.3), keep(b - base, 0.7, 0.3)])
+        signs = torch.sign(ds)
+        agree = (signs == torch.sign(signs.sum(dim=0))).double()
+        merged = torch.nan_to_num((ds * agree).sum(dim=0) / agree.sum(dim=0))
+        return base + merged / 0.3
+
+    path = _formula(family, tmp_path / "della.safetensors", della, "base", "ft2", "ft4")
+    recipe, text = _analyze(path, library)
+    assert recipe["kind"] == "dare"
+    assert recipe["method"]["name"] == "della" and recipe["method"]["family"] == "dare"
+    assert sorted(recipe["elementwise"]["ingredients"]) == ["ft2", "ft4"]
+    assert recipe["method"]["parameters"]["drop"] == pytest.approx(0.7, abs=0.05)
+    assert recipe["method"]["parameters"]["eps"] == pytest.approx(0.3, abs=0.1)
+    assert recipe["unexplained"] < 0.05
 
 
 def test_slerp_reads_as_the_weighted_sum_it_is_close_to_with_its_t(library: Path, family: dict, tmp_path: Path):
@@ -143,3 +171,42 @@ def test_model_stock_ratio(family_specs_sd1: dict, library: Path, tmp_path: Path
     recipe, _ = _analyze(write_safetensors(spec, tmp_path / "stock.safetensors"), library)
     assert recipe["method"]["name"] == "model_stock"
     assert recipe["method"]["parameters"]["ratio"] == pytest.approx(0.7, abs=0.05)
+
+
+def test_a_supermerger_cosine_merge_is_named_from_its_per_element_factor(
+    library: Path, family: dict, tmp_path: Path
+) -> None:
+    """SuperMerger cosineA/B: ``B (1 - k) + A k`` with k from a cosine similarity per column, clamped to
+    [0, 1]; was read as a block-weighted merge with 27% unexplained."""
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.dim() == 0:
+            return a
+        sim = torch.nn.functional.cosine_similarity(a - a.mean(), b - b.mean(), dim=0)
+        k = ((sim - sim.min()) / (sim.max() - sim.min() + 1e-12) - 0.3).clamp(0, 1)
+        return b * (1 - k) + a * k
+
+    path = _formula(family, tmp_path / "cosine.safetensors", cosine, "ft2", "ft3")
+    recipe, text = _analyze(path, library)
+    assert recipe["method"]["name"] == "cosine", text
+    assert sorted(recipe["method"]["ingredients"]) == ["ft2", "ft3"]
+    assert "cosineA" in recipe["method"]["alternatives"]
+    assert recipe["unexplained"] < 0.05  # nothing lies outside the segment between the two models
+
+
+def test_model_stock_vector_by_vector_is_found_by_the_robust_refit(library: Path, family: dict, tmp_path: Path):
+    """sd-mecha's model_stock takes t = n cos / (1 + (n - 1) cos) along the last axis: row by row, and
+    3-vector by 3-vector on conv kernels, where it blows up; a least-squares fit then read ft6 alone."""
+
+    def stock(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        da, db = a - base, b - base
+        if base.dim() == 0:
+            return base
+        cos = torch.nn.functional.cosine_similarity(da, db, dim=-1, eps=1e-6)
+        t = (2 * cos / (1 + cos)).unsqueeze(-1)
+        return base + torch.nan_to_num(t * (da + db) / 2)
+
+    path = _formula(family, tmp_path / "stock.safetensors", stock, "base", "ft1", "ft6")
+    recipe, text = _analyze(path, library)
+    assert recipe["method"]["name"] == "model_stock", text
+    assert sorted(recipe["method"]["ingredients"]) == ["ft1", "ft6"]
