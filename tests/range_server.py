@@ -4,7 +4,7 @@ Range requests and an ETag, and injects faults on request (per file, by the test
 Faults (a :class:`Faults` per URL path, changed by the test between runs):
 
 * ``drop_after``: cut the connection after this many body bytes, for the next ``drop_times`` answers;
-* ``errors``: answer the next N requests with ``error_status`` (503);
+* ``errors``: answer the next N requests with ``error_status`` (503), once ``errors_after`` answers went well;
 * ``stall``: hold the next ``stall_times`` answers this many seconds before the body (a slow server);
 * ``replace_after``: after this many answers, serve ``replacement`` bytes (another ETag, maybe size);
 * ``ignore_range``: answer 200 with the whole body to every request.
@@ -29,6 +29,7 @@ class Faults:
     drop_after: int | None = None
     drop_times: int = 0
     errors: int = 0
+    errors_after: int = 0
     error_status: int = 503
     stall: float = 0.0
     stall_times: int = 0
@@ -95,7 +96,7 @@ class RangeServer:
             f = self.faults.setdefault(path, Faults())
             f.answers += 1
             n = f.answers
-            error = f.errors > 0
+            error = f.errors > 0 and n > f.errors_after
             if error:
                 f.errors -= 1
             stall = f.stall if f.stall_times > 0 else 0.0

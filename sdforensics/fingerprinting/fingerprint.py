@@ -388,7 +388,10 @@ def _exact_print(name: str, info: TensorInfo, tensor: torch.Tensor, digest: str)
     if nan or inf:
         v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
     if n:
-        l2 = float(np.sqrt(v @ v))
+        # numpy's pairwise sum, not the BLAS dot (v @ v): BLAS splits a dot over its threads above ~10^4
+        # values, so the last bit depended on OMP_NUM_THREADS (Ray workers run with 1, a local pool with
+        # the cores) and a Ray-built library differed from a local one in 1 ulp of l2
+        l2 = float(np.sqrt(np.sum(v * v)))
         mean = float(v.mean())
         stats = [n, mean, float(v.std()), l2, float(np.abs(v).max()), float((v == 0).mean()), nan, inf]
     else:

@@ -43,12 +43,25 @@ def entry_key(library: Path, file: str) -> bytes | None:
     return hashlib.sha256(f"{file}\0{st.st_size}\0{st.st_mtime_ns}".encode()).digest()
 
 
+_PROJECTORS: dict[tuple[object, ...], Projector] = {}
+
+
+def projector(blocks: BlockMap, per_block: int = PER_BLOCK) -> Projector:
+    """One :class:`Projector` per block map in a process, so its bucket plans are drawn once: a new one
+    per stored fingerprint redrew them every time (115 of the 149 ms of each ``Library.add``, which
+    bounds how many files a second the one writer of ``sdf index`` commits; bench/driver_commit.py)."""
+    key = (blocks.name, tuple(blocks.ids), tuple((r.pattern, b) for r, b in blocks.rules), per_block)
+    if key not in _PROJECTORS:
+        _PROJECTORS[key] = Projector(blocks, per_block)
+    return _PROJECTORS[key]
+
+
 class VectorFile:
     """The vectors of one library folder for one block map."""
 
     def __init__(self, library: Path, blocks: BlockMap, per_block: int = PER_BLOCK) -> None:
         self.library = Path(library)
-        self.projector = Projector(blocks, per_block)
+        self.projector = projector(blocks, per_block)
         self.path = self.library / FOLDER / f"{blocks.name}-p{per_block}-v{VECTOR_VERSION}.vec"
         n, d = self.projector.n_blocks, self.projector.dim
         self.record = np.dtype([("key", "S32"), ("raw", "<f4", (d,)), ("present", "u1", (n,))])

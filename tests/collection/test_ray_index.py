@@ -72,6 +72,10 @@ def test_ray_engine_library_equals_the_local_one(cluster: None, models: Path, lo
     assert len(summary.fingerprinted) == len(list(models.iterdir()))
     assert _content(lib) == _content(local_library)
     assert Library(lib).verify() == []
+    # a pool of 2 processes (as `sdf index --jobs 2`: the workers' BLAS on the cores, Ray's on one thread)
+    pool = tmp_path / "pool"
+    index_paths([models], pool, LocalEngine(2), registry=Registry([]), threads=1)
+    assert _content(pool) == _content(lib)
 
 
 def _running_task_pids() -> list[int]:
@@ -103,6 +107,8 @@ def test_a_worker_killed_mid_run_has_its_file_redone(cluster: None, models: Path
             pids = _running_task_pids()
             if pids:
                 time.sleep(0.1)  # inside the file, not at its first byte
+                if pids[0] not in _running_task_pids():
+                    continue  # its task ended meanwhile: kill a worker that is running one
                 try:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
@@ -145,3 +151,30 @@ def test_cli_engine_ray_and_its_absence(cluster: None, models: Path, local_libra
     assert res.exit_code == 2
     line = "--engine ray needs Ray, which is not installed: pip install 'sdforensics[cluster]'"
     assert res.stderr.strip() == f"error: {line}"
+
+
+def test_ray_workers_read_urls_where_they_are(cluster: None, models: Path, local_library: Path,
+                                              tmp_path: Path) -> None:
+    """Workers get URLs (never bytes) and stream them from the server: the same library as a local read."""
+    from range_server import RangeServer
+
+    from sdforensics.collection.ray_engine import RayEngine
+    from sdforensics.collection.task import failed_result
+
+    server = RangeServer(models).start()
+    try:
+        names = sorted(p.name for p in models.iterdir())
+        lib = tmp_path / "lib"
+        summary = index_paths([server.url(n) for n in names], lib, RayEngine(max_in_flight=2, failed=failed_result),
+                              registry=Registry([]))
+        served = {p for p, _, _ in server.log}
+    finally:
+        server.stop()
+    assert not summary.skipped and len(summary.fingerprinted) == len(names)
+    assert served == {"/" + n for n in names}
+    here, there = _content(local_library), _content(lib)
+    assert here.keys() == there.keys()
+    for name in here:
+        assert here[name][:3] == there[name][:3]  # official flag, identity, fingerprint arrays
+        assert [sha for _, sha in here[name][3]] == [sha for _, sha in there[name][3]]
+        assert there[name][3][0][0] == server.url(Path(here[name][3][0][0]).name)

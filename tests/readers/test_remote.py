@@ -5,6 +5,7 @@ The answer must equal a local read of the same bytes, or be one clear line with 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -214,3 +215,61 @@ def test_fsspec_urls_read_like_the_local_file(served: tuple[RangeServer, Path], 
     assert a.hashes == local["m.safetensors"][0].hashes and _same(fp, local["m.safetensors"][1])
     res = sdf("analyze", "nosuchscheme://bucket/m.safetensors", "--library", empty_library_path(served))
     assert res.exit_code == 2 and "no reader for nosuchscheme:// URLs" in res.stderr
+
+
+def _index_skips_one(url: str, lib: Path) -> str:
+    """`sdf index URL`: nothing stored, the file reported skipped on one line; that line."""
+    res = sdf("index", url, "--library", lib, "-q")
+    assert Library(lib).entries == []
+    assert res.stdout.startswith("0 fingerprinted,") and "1 skipped" in res.stdout, res.stdout + res.stderr
+    skipped = [ln for ln in res.stdout.splitlines() if ln.startswith("skipped ")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped {url}: "), res.stdout
+    return skipped[0]
+
+
+@pytest.mark.parametrize(("name", "faulted"), [("m.ckpt", "m.ckpt"),
+                                               ("model.safetensors.index.json", "model-00002-of-00002.safetensors")])
+def test_a_drop_mid_file_resumes_for_ckpt_and_shards(served: tuple[RangeServer, Path], local: dict,
+                                                     name: str, faulted: str) -> None:
+    server, _ = served
+    f = server.fault(faulted)
+    f.drop_after, f.drop_times = 200_000, 2
+    a, fp = fingerprint_model(as_location(server.url(name)), device="cpu")
+    assert f.drop_times == 0  # both drops happened
+    assert a.hashes == local[name][0].hashes and _same(fp, local[name][1])
+    statuses = [s for p, _, s in server.log if p == "/" + faulted]
+    assert len(statuses) >= 3 and set(statuses) == {206}
+
+
+def test_5xx_mid_file_is_retried_and_a_server_that_stays_down_stores_nothing(
+        served: tuple[RangeServer, Path], local: dict, tmp_path: Path) -> None:
+    server, _ = served
+    f = server.fault("m.safetensors")
+    f.errors, f.errors_after = 2, 3  # the header and two body blocks went well
+    a, fp = fingerprint_model(as_location(server.url("m.safetensors")), device="cpu")
+    assert f.errors == 0 and a.hashes == local["m.safetensors"][0].hashes and _same(fp, local["m.safetensors"][1])
+    server.clear()
+    f = server.fault("m.safetensors")
+    f.errors, f.errors_after = 100, 3
+    line = _index_skips_one(server.url("m.safetensors"), tmp_path / "lib")
+    assert re.search(r"gave up at byte [1-9][0-9,]* after 4 failed tries \(last: HTTP 503", line), line
+
+
+def test_a_server_that_stays_slow_is_given_up_and_nothing_is_stored(served: tuple[RangeServer, Path],
+                                                                      tmp_path: Path) -> None:
+    server, _ = served
+    f = server.fault("m.ckpt")
+    f.stall, f.stall_times = 1.0, 100  # every answer later than the 0.5 s timeout
+    line = _index_skips_one(server.url("m.ckpt"), tmp_path / "lib")
+    assert "after 4 failed tries (last: TimeoutError: timed out); nothing was stored" in line
+
+
+def test_a_file_replaced_mid_index_is_one_line_and_nothing_is_stored(served: tuple[RangeServer, Path],
+                                                                       tmp_path: Path) -> None:
+    server, root = served
+    data = (root / "m.safetensors").read_bytes()
+    f = server.fault("m.safetensors")
+    f.replace_after, f.replacement = 3, data[:-4096] + bytes(4096)  # same size: only the ETag tells
+    line = _index_skips_one(server.url("m.safetensors"), tmp_path / "lib")
+    assert "the file changed while being read (its ETag/Last-Modified went from" in line
+    assert "nothing was stored" in line
