@@ -29,6 +29,10 @@ MERGE_UNEXPLAINED = 0.08
 """A leave-one-out fit leaving less than this share of a model's change is an exact merge."""
 WEIGHT_TOL = 0.05
 """How far beyond [-1, 1] a plausible merge weight may go (fit noise)."""
+NEAREST = 10
+"""Candidate parents per fine-tune (its nearest models with a smaller change), besides the base."""
+MERGE_PARENT = 0.6
+"""A merge is taken as a fine-tune's parent only when it is this much closer than the other candidates."""
 MIN_WEIGHT = 0.02
 """Ingredients with a smaller |weight| are left out of a merge's edges."""
 
@@ -279,28 +283,55 @@ def merge_confidence(p: Proposal, ingredient: str) -> float:
 # --------------------------------------------------------------------------- fine-tunes
 
 
-def finetune_parent(
-    target: int, deltas: np.ndarray, norms: np.ndarray, allowed: Sequence[int], base: int | None
-) -> tuple[int | None, float, float]:
-    """The parent of fine-tune ``target``: the nearest (L2 between changes) of ``allowed`` with a
-    smaller change from the base; the base itself is always a candidate (distance = the target's own
-    change). Returns (parent or None, unexplained share = distance / own change, confidence: 1 when
+def finetune_forest(
+    targets: Sequence[int], deltas: np.ndarray, norms: np.ndarray, allowed: Sequence[int], base: int | None,
+    children: dict[str, set[str]], names: Sequence[str], merges: Iterable[int] = (), k: int = NEAREST,
+) -> dict[int, tuple[int | None, float, float]]:
+    """Parents of the fine-tunes ``targets``, decided together: every (child, parent) pair where the
+    parent is one of the child's ``k`` nearest (L2 between changes) among ``allowed`` with a smaller
+    change, or the base (distance = the child's own change), taken shortest first (as a minimum
+    spanning arborescence is built, MoTHer), each child one parent, no pair that closes a cycle in
+    ``children`` (merge edges included; updated in place). Deciding the shortest edges first keeps a
+    model from being hung under a merge of its own child (a merge sits close to each ingredient).
+    A merge (``merges``) is a candidate at :data:`MERGE_PARENT` times its distance: a merge with a
+    small share of ``t``'s child can sit as close to ``t`` as that child, while a real fine-tune of a
+    merge is much closer to it than to any of its ingredients.
+
+    Returns child -> (parent or None, unexplained share = distance / own change, confidence: 1 when
     the next candidate is at least twice as far, 0 when as near)."""
-    own = float(norms[target])
-    if own <= 0:
-        return base, 0.0, 1.0
-    cand = [j for j in allowed if j != target and norms[j] < own]
-    dist = {j: float(np.linalg.norm(deltas[target] - deltas[j])) for j in cand}
-    if base is not None:
-        dist[base] = own
-    if not dist:
-        return None, 1.0, 1.0
-    ranked = sorted(dist, key=lambda j: dist[j])
-    best = ranked[0]
-    d1 = dist[best]
-    d2 = dist[ranked[1]] if len(ranked) > 1 else 2 * d1
-    conf = 1.0 if d2 <= 0 else float(np.clip((d2 - d1) / (0.5 * d2), 0.0, 1.0))
-    return best, min(1.0, d1 / own), conf
+    pairs: list[tuple[float, int, int]] = []
+    ranked: dict[int, list[tuple[float, int]]] = {}
+    pool = np.asarray([j for j in allowed], dtype=np.int64)
+    penalty = np.ones(len(norms))
+    penalty[list(merges)] = 1.0 / MERGE_PARENT
+    for t in targets:
+        own = float(norms[t])
+        cand = pool[(pool != t) & (norms[pool] < own)] if len(pool) else pool
+        d = np.linalg.norm(deltas[cand] - deltas[t], axis=1) * penalty[cand] if len(cand) else np.zeros(0)
+        best = np.argsort(d, kind="stable")[:k]
+        lst = [(float(d[i]), int(cand[i])) for i in best if int(cand[i]) != base]
+        if base is not None and base != t:
+            lst.append((own, base))
+        lst.sort()
+        ranked[t] = lst
+        pairs += [(dist, t, j) for dist, j in lst]
+    pairs.sort()
+    out: dict[int, tuple[int | None, float, float]] = {}
+    for dist, t, j in pairs:
+        if t in out:
+            continue
+        if names[j] in descendants(names[t], children):
+            continue
+        own = float(norms[t])
+        later = [d for d, p in ranked[t] if d >= dist and p != j]
+        d2 = later[0] if later else 2 * dist
+        conf = 1.0 if d2 <= 0 else float(np.clip((d2 - dist) / (0.5 * d2), 0.0, 1.0))
+        true = dist / penalty[j]
+        out[t] = (j, min(1.0, true / own) if own > 0 else 0.0, conf)
+        children.setdefault(names[j], set()).add(names[t])
+    for t in targets:
+        out.setdefault(t, (None, 1.0, 1.0))
+    return out
 
 
 def generations(names: Sequence[str], edges: Sequence[MapEdge]) -> dict[str, int]:

@@ -29,7 +29,7 @@ from sdforensics.collection.lineage import (
     cluster,
     delta_cosines,
     descendants,
-    finetune_parent,
+    finetune_forest,
     generations,
     implausible,
     merge_confidence,
@@ -93,6 +93,17 @@ def _dtype(ref: Reference) -> str:
     for t in ref.fingerprint.tensors.values():
         counts[t.dtype] += t.numel
     return counts.most_common(1)[0][0] if counts else ""
+
+
+def map_library_for(paths: Sequence[Path]) -> Path:
+    """Where ``sdf map PATH...`` keeps the library of ``PATH...`` when no ``--library`` is given: a folder
+    of the user data directory named after the paths, so a re-run reads only new or changed files."""
+    import hashlib
+
+    from sdforensics.library.store import user_library
+
+    key = hashlib.sha256("\0".join(sorted(str(Path(p).resolve()) for p in paths)).encode()).hexdigest()[:16]
+    return user_library().parent / "sdforensics-maps" / key
 
 
 def map_collection(
@@ -279,17 +290,15 @@ def _map(
     # ---- fine-tunes: the nearest model closer to the base, that does not descend from it
     unexplained: dict[str, float | None] = {names[base_i]: None}
     parent_of: dict[str, str] = {}
-    for t in sorted((i for i in pool if i != base_i and names[i] not in merged), key=lambda i: norms[i]):
-        below = descendants(names[t], children)
-        allowed = [j for j in pool if names[j] not in below and j != t]
-        par, share, conf = finetune_parent(t, deltas, norms, allowed, base_i)
+    tunes = [i for i in pool if i != base_i and names[i] not in merged]
+    for t, (par, share, conf) in finetune_forest(tunes, deltas, norms, pool, base_i, children, names,
+                                                         [at[x] for x in merged]).items():
         unexplained[names[t]] = share
         if par is None:
             continue
         est = last_fit.get(names[t])
         kind = "lora" if est is not None and any(lo.reference is None for lo in est.loras) else "finetune"
         edges.append(MapEdge(names[par], names[t], kind, 1.0, conf))
-        children.setdefault(names[par], set()).add(names[t])
         parent_of[names[t]] = names[par]
     for t in composite:
         unexplained[names[t]] = 0.0

@@ -41,6 +41,7 @@ import torch
 
 from sdforensics.core.dtypes import DTYPES
 from sdforensics.fingerprinting.fingerprint import Fingerprint, TensorPrint
+from sdforensics.fingerprinting.similarity import component_digests
 from sdforensics.model.architecture import architecture
 from sdforensics.synth.specs import Base, Derived, FineTune, Merge, Spec, Swap, _gen, write_safetensors
 
@@ -335,6 +336,14 @@ def _quantize(x: np.ndarray | None, dtype: str) -> np.ndarray | None:
     return torch.from_numpy(np.asarray(x, np.float32)).to(DTYPES[dtype].torch_dtype).double().numpy()
 
 
+def _stored(t: TensorPrint, dtype: str) -> TensorPrint:
+    """``t`` as a file of ``dtype`` holds it: exact values and coordinate samples rounded to it."""
+    if t.dtype.startswith(("I", "U")) or t.dtype == "BOOL":
+        return t
+    values = _quantize(t.values, dtype) if t.kind == "exact" else t.values
+    return replace(t, values=np.asarray(values), sample=_quantize(t.sample, dtype), dtype=dtype)
+
+
 def fingerprint_collection(
     plan: Sequence[Node], base: Fingerprint, finetuned: Fingerprint, seed: int = 0
 ) -> dict[str, Fingerprint]:
@@ -417,5 +426,9 @@ def fingerprint_collection(
                 tensors[key] = src.get(comp, ps[0]).tensors.get(key, t)
         else:
             raise ValueError(f"unknown operation {n.op!r}; use one of {', '.join(OPS)}")
-        mk.made[n.name] = Fingerprint(base.scheme, identity, tensors)
+        if n.op in ("finetune", "lora", "merge", "add_difference"):  # the file holds n.dtype values
+            tensors = {k: _stored(t, n.dtype) for k, t in tensors.items()}
+        made = Fingerprint(base.scheme, identity, tensors)
+        identity["component_hashes"] = component_digests(made, arch)  # what the file's own would say
+        mk.made[n.name] = made
     return mk.made
