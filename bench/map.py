@@ -155,7 +155,8 @@ def main() -> None:
     print(f"collection: {len(plan)} models ({dict(Counter(n.op for n in plan))}), {len(truth['edges'])} truth edges; "
           f"made in {made:.1f} s; mapped in {took:.1f} s")
     print()
-    print("| method | edges | precision | recall | fine-tune directions | merge weights within 0.02 | worst weight error |")
+    print("| method | edges | precision | recall | fine-tune directions | merge weights within 0.02 "
+          "| worst weight error |")
     print("|---|---|---|---|---|---|---|")
     for label, r in (("sdf map", ours), ("baseline: nearest smaller-change parent (MoTHer-like)", base)):
         merges = f"{r['weights_ok']:.2f} ({r['merges_found']}/{r['merges_truth']} merge edges found)"

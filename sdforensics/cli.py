@@ -652,7 +652,8 @@ def map_(
             if not quiet:
                 typer.echo(f"indexed into {lib}: {len(summary.fingerprinted)} fingerprinted, {summary.unchanged} "
                            f"unchanged, {len(summary.skipped)} skipped", err=True)
-        result = map_collection(lib if lib is not None else Path("."), base=base, progress=None if quiet else (lambda s, d, t: bar(d, t)))
+        shown = None if quiet else (lambda stage, done, total: bar(done, total))
+        result = map_collection(lib if lib is not None else Path("."), base=base, progress=shown)
         bar.close()
         from sdforensics.report import render_map
 

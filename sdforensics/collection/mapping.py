@@ -195,12 +195,11 @@ def _map(
     for a, b in near_pairs(deltas, norms):
         if (a, b) in byte_pairs or models[a].entry.identity.get("sha256") == models[b].entry.identity.get("sha256"):
             continue
-        if models[a].digests and models[a].digests == models[b].digests:
+        same = bool(models[a].digests) and models[a].digests == models[b].digests
+        if same or resave_of(load(models[a].name).fingerprint, load(models[b].name).fingerprint, RESAVE_EQUAL,
+                             per_tensor=0.9):
             weight_pairs.append((a, b))
-        elif resave_of(load(models[a].name).fingerprint, load(models[b].name).fingerprint, RESAVE_EQUAL,
-                       per_tensor=0.9):
-            weight_pairs.append((a, b))
-    weight_pairs += [(base_i, i) for i in np.flatnonzero(nil) if i != base_i]
+    weight_pairs += [(base_i, int(i)) for i in np.flatnonzero(nil) if i != base_i]
     dtype_count = Counter(m.dtype for m in models)
     rep_of: dict[int, int] = {}
     for g in union_groups(n, [*byte_pairs, *weight_pairs]):
@@ -219,7 +218,7 @@ def _map(
     groups_out: dict[int, list[str]] = {}
     for i, r in rep_of.items():
         groups_out.setdefault(r, []).append(names[i])
-    for r, members in groups_out.items():
+    for members in groups_out.values():
         files = members + [c for mname in members for c, _ in extra.get(mname, [])]
         if len(files) > 1:
             shas = {models[at[x]].entry.identity.get("sha256") for x in members}
@@ -252,12 +251,11 @@ def _map(
         if len(src) >= 2:
             composite[t] = sorted(src.items())
     for t, parts in composite.items():
-        for s, comps_l in parts:
-            edges.append(MapEdge(names[s], names[t], "component", 1.0, 1.0, ", ".join(sorted(comps_l))))
+        for owner, comps_l in parts:
+            edges.append(MapEdge(names[owner], names[t], "component", 1.0, 1.0, ", ".join(sorted(comps_l))))
 
     # ---- merges: leave-one-out fits, read as merges only when plausible and acyclic
     pool = [i for i in reps if i not in composite]
-    pool_names = {names[i] for i in pool}
     norm_of = {names[i]: float(norms[i]) for i in range(n)}
     last_fit: dict[str, RecipeEstimate | None] = {}
     children: dict[str, set[str]] = {}
@@ -279,9 +277,9 @@ def _map(
         accepted += ok
         if not rejected:
             break
-        pending = [at[r] for r in rejected]
-        for r in rejected:
-            banned[at[r]] |= descendants(r, children)
+        pending = [at[x] for x in rejected]
+        for x in rejected:
+            banned[at[x]] |= descendants(x, children)
     merged = {p.target: p for p in accepted}
     for p in accepted:
         for ing, w in p.weights:
@@ -339,9 +337,10 @@ def _map(
         for cname, path in extra.get(name, []):
             nodes.append(MapNode(cname, family, "copy", None, names[rep], gen.get(cname, 0),
                                  f"copy of {name} (bytes)", m.dtype, str(sha) if sha else None, (path,)))
-    for e in others:
-        nodes.append(MapNode(e.name, e.family, "root", None, e.name, 0, f"family {e.family}: not compared",
-                             "", e.identity.get("sha256"), tuple(s.path for s in e.sources)))
+    for other in others:
+        nodes.append(MapNode(other.name, other.family, "root", None, other.name, 0,
+                             f"family {other.family}: not compared", "", other.identity.get("sha256"),
+                             tuple(src.path for src in other.sources)))
 
     # ---- similarity of the changes (one representative per duplicate group, the base left out)
     shown = [i for i in reps if i != base_i]

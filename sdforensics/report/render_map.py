@@ -63,7 +63,8 @@ def dot_string(*lines: object) -> str:
 def map_to_dot(m: CollectionMap) -> str:
     lines = ["digraph sdf_map {", '  rankdir="TB";', '  node [shape=box, style="rounded,filled", fontsize=10];']
     for n in m.nodes:
-        label = dot_string(n.name, n.kind if n.unexplained is None else f"{n.kind}, unexplained {percent(n.unexplained)}")
+        what = n.kind if n.unexplained is None else f"{n.kind}, unexplained {percent(n.unexplained)}"
+        label = dot_string(n.name, what)
         lines.append(f"  {dot_string(n.name)} [label={label}, "
                      f'fillcolor="{FILL.get(n.kind, "#ffffff") if n.kind != "base" else "#cfd6e2"}", '
                      f'kind="{n.kind}"];')
@@ -195,19 +196,20 @@ def heatmap_png(m: CollectionMap) -> str | None:
     side = float(np.clip(0.22 * n + 3.0, 6.0, 13.0))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         fig = Figure(figsize=(side + 1.2, side + 1.6), layout="constrained")
-        if m.linkage is not None:
+        grid = fig.add_gridspec(2, 2, height_ratios=[1, 5], width_ratios=[30, 1])
+        ax = fig.add_subplot(grid[1, 0])
+        cax = fig.add_subplot(grid[1, 1])
+        if m.linkage is not None:  # same column as the heatmap: the leaves sit above their columns
             from scipy.cluster import hierarchy
 
-            grid = fig.add_gridspec(2, 1, height_ratios=[1, 5])
-            dax = fig.add_subplot(grid[0])
-            ax = fig.add_subplot(grid[1])
+            dax = fig.add_subplot(grid[0, 0])
             hierarchy.dendrogram(m.linkage, ax=dax, no_labels=True, color_threshold=0,
                                  above_threshold_color="#555555")
+            dax.set_xlim(0, 10 * n)
             dax.axis("off")
-        else:
-            ax = fig.add_subplot()
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
-        im = ax.imshow(np.ma.masked_invalid(sub), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        im = ax.imshow(np.ma.masked_invalid(sub), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest",
+                       aspect="auto")
         if n <= 80:
             labels = [plain(m.names[i], 28) for i in order]
             fs = 8 if n <= 40 else 5
@@ -217,7 +219,7 @@ def heatmap_png(m: CollectionMap) -> str | None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(f"{n} models in dendrogram order (listed below)")
-        fig.colorbar(im, ax=ax, shrink=0.7, label="cosine of changes from the base")
+        fig.colorbar(im, cax=cax, label="cosine of changes from the base")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90 if n > 80 else 100)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
