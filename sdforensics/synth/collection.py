@@ -384,8 +384,16 @@ def fingerprint_collection(
                 v, s, st = _arrays(t)
                 rv, rs, rst = (x * n.scale / 0.05 for x in rms[key])
                 if n.op == "lora":
-                    if not (st is not None and key.endswith(".weight") and any(p in key for p in LORA_LAYERS)):
+                    if not (key.endswith(".weight") and any(p in key for p in LORA_LAYERS)):
                         tensors[key] = t
+                        continue
+                    if st is None:  # a small layer stored exactly: the low-rank change in its values
+                        if t.kind != "exact" or len(t.shape) != 2 or v.size != t.shape[0] * t.shape[1]:
+                            tensors[key] = t
+                            continue
+                        low = rng.normal(size=(t.shape[0], 4)) @ rng.normal(size=(4, t.shape[1])) / 2.0
+                        v = v + rv * low.ravel()
+                        tensors[key] = replace(t, values=v, digest=_digest(n.name, key))
                         continue
                     k = int(round(st.size**0.5))
                     low = rng.normal(size=(k, 4)) @ rng.normal(size=(4, st.size // k)) / 2.0

@@ -106,3 +106,29 @@ def test_map_needs_a_library_or_paths(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--library" in res.stderr
     res = sdf("map", "--library", tmp_path / "nope")
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_fingerprint_collection_keeps_merges_linear_and_copies_equal(family: dict[str, Path]) -> None:
+    import numpy as np
+
+    from sdforensics.api import fingerprint_model
+    from sdforensics.library.vectors import resave_of
+    from sdforensics.synth.collection import fingerprint_collection, truth_of
+
+    _, base = fingerprint_model(family["base"], device="cpu")
+    _, ft = fingerprint_model(family["ft1"], device="cpu")
+    plan = plan_collection(12, seed=2)
+    prints = fingerprint_collection(plan, base, ft, seed=2)
+    assert set(prints) == {n.name for n in plan} and truth_of(plan)["base"] == "base"
+    node = {n.name: n for n in plan}
+    mix = node["g0-mix"]
+    key = next(k for k, t in base.tensors.items() if t.structure is not None)
+    want = sum(w * prints[p].tensors[key].structure for p, w in zip(mix.parents, mix.weights, strict=True))
+    assert np.allclose(prints["g0-mix"].tensors[key].structure, want)
+    assert prints["g0-copy"].identity["sha256"] == prints["g0-mix"].identity["sha256"]
+    resave = next(n for n in plan if n.op == "resave")
+    assert resave_of(prints[resave.parents[0]], prints[resave.name], 0.995, per_tensor=0.9)
+    assert not resave_of(prints["g0-F.1"], prints["g0-lora"], 0.995, per_tensor=0.9)
+    hashes = {n: prints[n].identity["component_hashes"] for n in ("g0-swap", "g0-G", "g0-F")}
+    assert hashes["g0-swap"]["unet"] == hashes["g0-G"]["unet"] and hashes["g0-swap"]["vae"] == hashes["g0-F"]["vae"]
+    assert hashes["g0-G"]["unet"] != hashes["g0-F"]["unet"]
