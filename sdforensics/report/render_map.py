@@ -30,7 +30,9 @@ TABLE_ROWS = 200
 PER_ROW = 10
 """Nodes per row of a graph layer (wider layers wrap)."""
 NODE_W, NODE_H, GAP_X, GAP_Y = 170, 34, 26, 64
-EDGE_LABELS = 400
+EDGE_LABELS = 150
+DENSE = 150
+"""From this many edges they are drawn thin and light (hover one for its weight and confidence)."""
 """Merge weights are written on the edges up to this many edges."""
 COLORS = {"finetune": "#3b6ea8", "lora": "#8064a2", "merge": "#e08a2c", "copy": "#7f7f7f", "component": "#4f9a5b"}
 FILL = {"base": "#1d2330", "root": "#dbe7f6", "finetune": "#eef3fa", "lora": "#efe9f6", "merge": "#fdf0e1",
@@ -137,6 +139,7 @@ def graph_svg(m: CollectionMap) -> str:
                f"orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='{c}'/></marker>"
                for k, c in COLORS.items()) + "</defs>"]
     labels = len(m.edges) <= EDGE_LABELS
+    dense = len(m.edges) > DENSE
     for e in m.edges:
         if e.source not in pos or e.target not in pos:
             continue
@@ -145,8 +148,11 @@ def graph_svg(m: CollectionMap) -> str:
         y2 += -NODE_H / 2 if y2 > y1 else NODE_H / 2
         color = COLORS.get(e.kind, "#555555")
         dash = " stroke-dasharray='4 3'" if e.kind in ("copy", "component") else ""
-        opacity = 0.35 + 0.65 * max(0.0, min(1.0, e.confidence))
-        wdt = 1.0 + (2.0 * min(1.0, abs(e.weight)) if e.kind == "merge" else 0.6)
+        conf = max(0.0, min(1.0, e.confidence))
+        if dense:  # hundreds of edges: thin and light, so that the layers stay readable
+            opacity, wdt = 0.12 + 0.3 * conf, 0.6 + (0.8 * min(1.0, abs(e.weight)) if e.kind == "merge" else 0.2)
+        else:
+            opacity, wdt = 0.35 + 0.65 * conf, 1.0 + (2.0 * min(1.0, abs(e.weight)) if e.kind == "merge" else 0.6)
         my = (y1 + y2) / 2
         out.append(f"<path d='M{x1:.1f},{y1:.1f} C{x1:.1f},{my:.1f} {x2:.1f},{my:.1f} {x2:.1f},{y2:.1f}' "
                    f"fill='none' stroke='{color}' stroke-width='{wdt:.1f}' stroke-opacity='{opacity:.2f}'{dash} "
@@ -203,8 +209,9 @@ def heatmap_png(m: CollectionMap) -> str | None:
             from scipy.cluster import hierarchy
 
             dax = fig.add_subplot(grid[0, 0])
-            hierarchy.dendrogram(m.linkage, ax=dax, no_labels=True, color_threshold=0,
-                                 above_threshold_color="#555555")
+            with matplotlib.rc_context({"lines.linewidth": 1.0 if n <= 80 else 0.4}):
+                hierarchy.dendrogram(m.linkage, ax=dax, no_labels=True, color_threshold=0,
+                                     above_threshold_color="#555555")
             dax.set_xlim(0, 10 * n)
             dax.axis("off")
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
@@ -272,7 +279,8 @@ def _groups(m: CollectionMap) -> str:
 def _legend() -> str:
     parts = [f"<span style='color:{c}'>&#9632; {k}</span>" for k, c in COLORS.items()]
     return "<p class='sub'>edges: " + " &nbsp; ".join(parts) + " (dashed: same model or component; opacity: " \
-        "confidence; merge edges carry the ingredient's weight)</p>"
+        "confidence; merge edges carry the ingredient's weight). Hover a model or an edge for its recipe, " \
+        "weight and confidence; the table below lists every recipe.</p>"
 
 
 def map_to_html(m: CollectionMap) -> str:
