@@ -376,10 +376,13 @@ def _pick_base(models: Sequence[_Model], base_name: str | None, notes: list[str]
 def _loo(
     t: int, pool: Sequence[int], base_i: int, exclude: set[str], names: Sequence[str], models: Sequence[_Model],
     deltas: np.ndarray, norms: np.ndarray, load: _Loader, arch_name: str, norm_of: dict[str, float],
-    last_fit: dict[str, RecipeEstimate | None],
+    last_fit: dict[str, RecipeEstimate | None], sparser: bool = True,
 ) -> Proposal | None:
     """Fit model ``t`` from the others (up to :data:`ATTEMPTS` times, dropping the ingredients of an
-    implausible recipe); a :class:`Proposal` when a plausible merge explains it."""
+    implausible recipe); a :class:`Proposal` when a plausible merge explains it. A recipe of three or
+    more ingredients is fitted again without each of them in turn (``sparser``): ``mix = w F + (1-w) G``
+    also reads ``mix = a F + b adddiff + c F.1`` when ``adddiff = G + m (F.1 - F)`` is in the library,
+    and the fewest ingredients win."""
     banned = set(exclude)
     for _ in range(ATTEMPTS):
         cands = [j for j in pool if j not in (t, base_i) and names[j] not in banned and norms[j] > 0]
@@ -401,6 +404,15 @@ def _loo(
         bad = implausible(names[t], weights, names[base_i], norm_of)
         if not bad:
             amb = frozenset(r for g in est.ambiguous for r in g.references)
-            return Proposal(names[t], weights, est.unexplained, amb)
+            found = Proposal(names[t], weights, est.unexplained, amb)
+            if len(weights) >= 3 and sparser:  # a merge written through a merge of its own ingredient?
+                for ing, _ in weights:
+                    if ing == names[base_i]:
+                        continue
+                    alt = _loo(t, pool, base_i, banned | {ing}, names, models, deltas, norms, load, arch_name,
+                               norm_of, {}, sparser=False)
+                    if alt is not None and len(alt.weights) < len(found.weights):
+                        found = alt
+            return found
         banned |= set(bad)
     return None
