@@ -17,6 +17,10 @@ The public API (everything else is internal and may move):
 * :func:`open_checkpoint` -- any supported file or folder, headers validated, as a context manager
   (``with open_checkpoint(p) as ckpt:``); :func:`read_layout` -- its canonical tensor names and
   architecture from headers alone;
+* :func:`map_collection` -- the lineage of a whole library (``sdf map``): a :class:`CollectionMap` of
+  nodes (kind, recipe, unexplained share), edges (fine-tune, merge with weight, copy, component; each
+  with a confidence), duplicate groups and the clustered similarity of the changes; render it with
+  :mod:`sdforensics.report.render_map` (``map_to_html``, ``map_to_json``, ``map_to_dot``);
 * :func:`read_lora` -- a LoRA file as a :class:`LoraFile` (layers mapped to model keys, ``deltas()``);
 * result types: :class:`Analysis`, :class:`LibrarySearch`, :class:`Similarity`, :class:`RecipeEstimate`,
   :class:`RegistryMatch`, :class:`Fingerprint`, :class:`LoraDescription` (``Analysis.lora``); errors
@@ -47,6 +51,8 @@ _EXPORTS = {
     "read_lora": "sdforensics.lora.files",
     "LoraFile": "sdforensics.lora.files",
     "LoraDescription": "sdforensics.lora.description",
+    "map_collection": "sdforensics.collection.mapping",
+    "CollectionMap": "sdforensics.collection.lineage",
 }
 
 __all__ = ["__version__", "analyze", "identify", "fingerprint", "compare", *_EXPORTS]

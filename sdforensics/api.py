@@ -26,7 +26,7 @@ from sdforensics.fingerprinting.fingerprint import (
     resolve_device,
     scheme_from_json,
 )
-from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references
+from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references, similarity
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library, search_library
@@ -340,6 +340,27 @@ def compare_and_estimate(
     if summary is not None:
         out["summary"] = tuple(summary)
     return out
+
+
+def recipe_among(
+    fp: Fingerprint, refs: list[Reference], base: int | None, arch_name: str, loras: list[Reference] | None = None
+) -> RecipeEstimate | None:
+    """The recipe of ``fp`` from the loaded references ``refs`` (``base``: index of the family base
+    among them), exactly as :func:`analyze` fits it once it has its candidates: similarity, the
+    candidates worth fitting (:func:`candidates`), then :func:`estimate`. ``sdf map`` calls this for
+    every model of a collection against the others (leave-one-out). None: no common layer."""
+    if not refs:
+        return None
+    arch = architecture(arch_name)
+    blocks = block_map_of(arch_name)
+    with blas_threads(1):
+        sim = similarity(fp, [r.fingerprint for r in refs], [r.name for r in refs], base, arch, blocks)
+        chosen = candidates(sim, base)
+        if len(chosen) < len(refs):
+            refs = [refs[i] for i in chosen]
+            sim = select_references(sim, fp, [r.fingerprint for r in refs], chosen, base, arch, blocks)
+            base = chosen.index(base) if base is not None else None
+        return estimate(fp, refs, base, sim, loras, blocks.recipe_convention)
 
 
 def layer_vector(values: np.ndarray, structure: np.ndarray | None) -> np.ndarray:

@@ -610,6 +610,74 @@ def _index_text(summary: Any) -> str:
     return "\n".join(lines)
 
 
+class MapFormat(str, Enum):
+    html = "html"
+    json = "json"
+    dot = "dot"
+    text = "text"
+
+
+@app.command("map")
+def map_(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[PATH]...", help="Model files or folders: indexed first (as 'sdf index' does) into "
+                       "--library, or, without it, into a library of their own under the user data folder."),
+    ] = None,
+    library: Annotated[
+        Path | None, typer.Option("--library", metavar="DIR", help="The library to map (and to index PATHs into).")
+    ] = None,
+    format: Annotated[
+        MapFormat, typer.Option("--format", "-f", metavar="html|json|dot|text", help="Output format.")
+    ] = MapFormat.text,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write the map here instead of stdout.")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", metavar="NAME", help="The family base (default: the official reference).")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Files fingerprinted at once.")] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """The lineage of a whole collection: copies, re-saves and shared components, the similarity of the
+    models' changes, and each model's recipe from the others (fine-tunes, merges with weights)."""
+    from sdforensics.collection.mapping import map_collection, map_library_for
+
+    _writable_out(out)
+    if not paths and library is None:
+        raise _fail("give model folders (PATH...) or --library DIR")
+    if not paths:
+        _existing_library(library)
+    show = _index_progress(quiet)
+    bar = _bar("map", quiet)
+
+    def go() -> str:
+        lib = library
+        if paths:
+            from sdforensics.collection.engine import LocalEngine
+            from sdforensics.collection.index import index_paths
+
+            lib = library if library is not None else map_library_for([Path(p) for p in paths])
+            summary = index_paths([Path(p) for p in paths], lib, LocalEngine(jobs), show, "cpu")
+            if not quiet:
+                typer.echo(f"indexed into {lib}: {len(summary.fingerprinted)} fingerprinted, {summary.unchanged} "
+                           f"unchanged, {len(summary.skipped)} skipped", err=True)
+        shown = None if quiet else (lambda stage, done, total: bar(done, total))
+        result = map_collection(lib if lib is not None else Path("."), base=base, progress=shown)
+        bar.close()
+        from sdforensics.report import render_map
+
+        if format is MapFormat.json:
+            return render_map.map_to_json(result)
+        if format is MapFormat.dot:
+            return render_map.map_to_dot(result)
+        if format is MapFormat.html:
+            return render_map.map_to_html(result)
+        return render_map.map_to_text(result)
+
+    _emit(run(go), out)
+
+
 # ---------------------------------------------------------------- synth
 
 

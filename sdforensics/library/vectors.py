@@ -384,17 +384,31 @@ def _rounds_to(src: np.ndarray, dst: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(rounded == np.asarray(dst, np.float32))
 
 
-def resave_of(a: Fingerprint, b: Fingerprint) -> bool:
+def resave_of(a: Fingerprint, b: Fingerprint, equal: float = RESAVE_EQUAL, per_tensor: float | None = None) -> bool:
     """Whether ``a`` and ``b`` hold the same weights, one a re-save of the other in another precision:
     at the exact coordinate samples, one model's values rounded to the other's dtype equal the
-    other's, for at least :data:`RESAVE_EQUAL` of them (either direction)."""
+    other's, for at least ``equal`` (:data:`RESAVE_EQUAL`) of them (either direction). ``per_tensor``:
+    also that share in every tensor (a LoRA baked into a few layers or a swapped VAE changes whole
+    tensors while leaving most samples equal), small tensors stored exactly counted too."""
     hits = [0, 0]
     total = 0
     for key, ta in a.tensors.items():
         tb = b.tensors.get(key)
-        if ta.sample is None or tb is None or tb.sample is None or tb.sample.shape != ta.sample.shape:
+        if tb is None:
             continue
-        total += ta.sample.size
-        hits[0] += int(_rounds_to(ta.sample, tb.sample, tb.dtype).sum())
-        hits[1] += int(_rounds_to(tb.sample, ta.sample, ta.dtype).sum())
-    return total > 0 and max(hits) >= RESAVE_EQUAL * total
+        sa, sb = ta.sample, tb.sample
+        if per_tensor is not None and sa is None and ta.kind == "exact" and tb.kind == "exact":
+            sa, sb = ta.values, tb.values
+        if sa is None or sb is None or sa.shape != sb.shape or not sa.size:
+            continue
+        fa, fb = DTYPES.get(ta.dtype), DTYPES.get(tb.dtype)
+        if fa is None or fb is None or not (fa.is_float and fb.is_float):
+            continue
+        total += sa.size
+        h0 = int(_rounds_to(sa, sb, tb.dtype).sum())
+        h1 = int(_rounds_to(sb, sa, ta.dtype).sum())
+        if per_tensor is not None and max(h0, h1) < per_tensor * sa.size:
+            return False
+        hits[0] += h0
+        hits[1] += h1
+    return total > 0 and max(hits) >= equal * total

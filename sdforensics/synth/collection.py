@@ -41,6 +41,7 @@ import torch
 
 from sdforensics.core.dtypes import DTYPES
 from sdforensics.fingerprinting.fingerprint import Fingerprint, TensorPrint
+from sdforensics.fingerprinting.similarity import component_digests
 from sdforensics.model.architecture import architecture
 from sdforensics.synth.specs import Base, Derived, FineTune, Merge, Spec, Swap, _gen, write_safetensors
 
@@ -108,6 +109,21 @@ class Rounded(Derived):
         if not t.is_floating_point():
             return t
         return t.to(DTYPES[self.dtype].torch_dtype).float()
+
+
+@dataclass(frozen=True, eq=False)
+class Stored(Derived):
+    """``parent`` as a file already written holds it (children are made from the file, not recomputed:
+    a merge of merges then costs one read per ingredient instead of its whole ancestry)."""
+
+    parent: Spec
+    path: Path = Path()
+
+    def tensor(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(key).float()
 
 
 # --------------------------------------------------------------------------- the plan
@@ -199,32 +215,35 @@ def specs_of(plan: Sequence[Node], family: str = "sd1", width: int = 16) -> dict
     """A :mod:`sdforensics.synth.specs` spec per node (values as the file will hold them)."""
     specs: dict[str, Spec] = {}
     for n in plan:
-        ps = [specs[p] for p in n.parents]
-        spec: Spec
-        if n.op == "base":
-            spec = Base(family, width=width, seed=n.seed)
-        elif n.op == "finetune":
-            spec = FineTune(ps[0], seed=n.seed, scale=n.scale)
-        elif n.op in ("merge", "add_difference"):
-            spec = Merge(tuple(zip(n.weights, ps, strict=True)))
-        elif n.op == "copy":
-            spec = ps[0]
-        elif n.op == "resave":
-            spec = Rounded(ps[0], "F16")  # the parent's file holds fp16; the re-save rounds that
-        elif n.op == "swap":
-            comps: dict[str, Spec] = {}
-            for parent, names in zip(ps, n.components, strict=True):
-                for c in names.split("+"):
-                    comps[c] = parent
-            spec = Swap(comps)
-        elif n.op == "lora":
-            spec = LowRank(ps[0], seed=n.seed, scale=n.scale)
-        else:
-            raise ValueError(f"unknown operation {n.op!r}; use one of {', '.join(OPS)}")
-        if n.op not in ("copy", "resave"):
-            spec = Rounded(spec, "F16")  # every model is made from the fp16 files of its parents
-        specs[n.name] = spec
+        specs[n.name] = _node_spec(n, [specs[p] for p in n.parents], family, width)
     return specs
+
+
+def _node_spec(n: Node, ps: Sequence[Spec], family: str, width: int) -> Spec:
+    spec: Spec
+    if n.op == "base":
+        spec = Base(family, width=width, seed=n.seed)
+    elif n.op == "finetune":
+        spec = FineTune(ps[0], seed=n.seed, scale=n.scale)
+    elif n.op in ("merge", "add_difference"):
+        spec = Merge(tuple(zip(n.weights, ps, strict=True)))
+    elif n.op == "copy":
+        spec = ps[0]
+    elif n.op == "resave":
+        spec = Rounded(ps[0], "F16")  # the parent's file holds fp16; the re-save rounds that
+    elif n.op == "swap":
+        comps: dict[str, Spec] = {}
+        for parent, names in zip(ps, n.components, strict=True):
+            for c in names.split("+"):
+                comps[c] = parent
+        spec = Swap(comps)
+    elif n.op == "lora":
+        spec = LowRank(ps[0], seed=n.seed, scale=n.scale)
+    else:
+        raise ValueError(f"unknown operation {n.op!r}; use one of {', '.join(OPS)}")
+    if n.op not in ("copy", "resave"):
+        spec = Rounded(spec, "F16")  # every model is made from the fp16 files of its parents
+    return spec
 
 
 def write_collection(
@@ -241,16 +260,21 @@ def write_collection(
     uses the file stems. A ``copy`` is the parent's file byte for byte."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = specs_of(plan, family, width)
+    specs: dict[str, Spec] = {}
     stems = {n.name: (names or {}).get(n.name, n.name) for n in plan}
     paths: dict[str, Path] = {}
     for i, n in enumerate(plan):
+        specs[n.name] = _node_spec(n, [specs[p] for p in n.parents], family, width)
         path = out / f"{stems[n.name]}.safetensors"
         if n.op == "copy":
             path.write_bytes(paths[n.parents[0]].read_bytes())
         else:
             write_safetensors(specs[n.name], path, dtype=DTYPES[n.dtype].torch_dtype)
         paths[n.name] = path
+        for m in plan[i + 1 :]:  # later nodes read this one from its file (same values, far cheaper)
+            if n.name in m.parents:
+                specs[n.name] = Stored(specs[n.name], path)
+                break
         if progress is not None:
             progress(i + 1, len(plan))
     truth = truth_of([replace(n, name=stems[n.name], parents=tuple(stems[p] for p in n.parents)) for n in plan])
@@ -312,6 +336,14 @@ def _quantize(x: np.ndarray | None, dtype: str) -> np.ndarray | None:
     return torch.from_numpy(np.asarray(x, np.float32)).to(DTYPES[dtype].torch_dtype).double().numpy()
 
 
+def _stored(t: TensorPrint, dtype: str) -> TensorPrint:
+    """``t`` as a file of ``dtype`` holds it: exact values and coordinate samples rounded to it."""
+    if t.dtype.startswith(("I", "U")) or t.dtype == "BOOL":
+        return t
+    values = _quantize(t.values, dtype) if t.kind == "exact" else t.values
+    return replace(t, values=np.asarray(values), sample=_quantize(t.sample, dtype), dtype=dtype)
+
+
 def fingerprint_collection(
     plan: Sequence[Node], base: Fingerprint, finetuned: Fingerprint, seed: int = 0
 ) -> dict[str, Fingerprint]:
@@ -352,8 +384,16 @@ def fingerprint_collection(
                 v, s, st = _arrays(t)
                 rv, rs, rst = (x * n.scale / 0.05 for x in rms[key])
                 if n.op == "lora":
-                    if not (st is not None and key.endswith(".weight") and any(p in key for p in LORA_LAYERS)):
+                    if not (key.endswith(".weight") and any(p in key for p in LORA_LAYERS)):
                         tensors[key] = t
+                        continue
+                    if st is None:  # a small layer stored exactly: the low-rank change in its values
+                        if t.kind != "exact" or len(t.shape) != 2 or v.size != t.shape[0] * t.shape[1]:
+                            tensors[key] = t
+                            continue
+                        low = rng.normal(size=(t.shape[0], 4)) @ rng.normal(size=(4, t.shape[1])) / 2.0
+                        v = v + rv * low.ravel()
+                        tensors[key] = replace(t, values=v, digest=_digest(n.name, key))
                         continue
                     k = int(round(st.size**0.5))
                     low = rng.normal(size=(k, 4)) @ rng.normal(size=(4, st.size // k)) / 2.0
@@ -394,5 +434,9 @@ def fingerprint_collection(
                 tensors[key] = src.get(comp, ps[0]).tensors.get(key, t)
         else:
             raise ValueError(f"unknown operation {n.op!r}; use one of {', '.join(OPS)}")
-        mk.made[n.name] = Fingerprint(base.scheme, identity, tensors)
+        if n.op in ("finetune", "lora", "merge", "add_difference"):  # the file holds n.dtype values
+            tensors = {k: _stored(t, n.dtype) for k, t in tensors.items()}
+        made = Fingerprint(base.scheme, identity, tensors)
+        identity["component_hashes"] = component_digests(made, arch)  # what the file's own would say
+        mk.made[n.name] = made
     return mk.made
