@@ -6,9 +6,7 @@ modules (:mod:`sdforensics.fingerprinting.similarity`, :mod:`sdforensics.recipe.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,20 @@ from sdforensics.fingerprinting.fingerprint import (
     Scheme,
     coordinate_samples,
     resolve_device,
-    scheme_from_json,
 )
 from sdforensics.fingerprinting.similarity import Similarity, identical_components, select_references, similarity
 from sdforensics.library.refcheck import changed_references, empty_library_summary
 from sdforensics.library.registry import RegistryMatch
 from sdforensics.library.search import compare_with_library, search_library
-from sdforensics.library.store import Library, RefEntry, Reference, is_library, load_reference, search_path
+from sdforensics.library.store import (
+    Library,
+    RefEntry,
+    Reference,
+    common_scheme,
+    is_library,
+    load_reference,
+    search_path,
+)
 from sdforensics.lora.files import describe_lora, is_lora, lora_from_checkpoint
 from sdforensics.model.architecture import architecture, block_map_of
 from sdforensics.model.embedding import Embedding, detect_embedding
@@ -228,17 +233,7 @@ class LibraryIndex:
 
     def scheme(self) -> Scheme | None:
         """The fingerprint scheme most references were made with (as :func:`library_scheme`)."""
-        counts = Counter(
-            json.dumps(e.identity["scheme"], sort_keys=True)
-            for e in self.entries
-            if isinstance(e.identity.get("scheme"), dict)
-        )
-        for text, _ in counts.most_common():
-            try:
-                return scheme_from_json(json.loads(text))
-            except (KeyError, TypeError, ValueError):
-                continue
-        return None
+        return common_scheme(self.entries)
 
     def of_family(self, family: str) -> list[RefEntry]:
         """The family's references, the first folder winning a name clash (as :func:`reference_entries`)."""

@@ -496,10 +496,20 @@ def library_scheme(folders: list[Path]) -> Scheme | None:
         if recorded is not None:
             counts[json.dumps(recorded, sort_keys=True)] += len(lib.entries) or 1
             continue
-        for e in lib.entries:
-            raw = e.identity.get("scheme")
-            if isinstance(raw, dict):
-                counts[json.dumps(raw, sort_keys=True)] += 1
+        counts.update(_scheme_texts(e.identity.get("scheme") for e in lib.entries))
+    return _most_common(counts)
+
+
+def common_scheme(entries: Iterable[RefEntry]) -> Scheme | None:
+    """The fingerprint scheme most of ``entries`` record in their identity (None: none records one)."""
+    return _most_common(Counter(_scheme_texts(e.identity.get("scheme") for e in entries)))
+
+
+def _scheme_texts(raws: Iterable[Any]) -> Iterator[str]:
+    return (json.dumps(raw, sort_keys=True) for raw in raws if isinstance(raw, dict))
+
+
+def _most_common(counts: Counter[str]) -> Scheme | None:
     for text, _ in counts.most_common():
         try:
             return scheme_from_json(json.loads(text))
