@@ -33,11 +33,11 @@ from sdforensics.fingerprinting.similarity import (
 )
 from sdforensics.library.store import RefEntry, Reference, load_reference
 from sdforensics.library.vecstore import VectorFile
+from sdforensics.library.vecstore import projector as block_projector
 from sdforensics.library.vectors import (
     BASE_COPY,
     NEAR_TOTAL,
     PER_BLOCK,
-    Projector,
     SearchVector,
     Selection,
     changes,
@@ -241,7 +241,7 @@ def search_library(
     base_entry = next((e for e in models if e.official and e.family == family), None)
     if base_entry is None:
         return _every_reference(target, entries, family, arch, blocks, keep, progress, check)
-    projector = Projector(blocks, PER_BLOCK)
+    projector = block_projector(blocks, PER_BLOCK)  # one per block map in a process: its plans drawn once
     by_folder: dict[Path, list[int]] = defaultdict(list)
     for i, e in enumerate(models):
         by_folder[e.library].append(i)
@@ -301,12 +301,14 @@ def search_library(
             loras.append(ref)
         else:
             loaded[e.name] = ref
-    _low_precision_resaves(sel, [models[i] for i in live], loaded, groups)
+    read: dict[str, Reference] = {}  # references read to check them for re-saves that the base's check reads again
+    later = {models[i].name for i in base_near}
+    _low_precision_resaves(sel, [models[i] for i in live], loaded, groups, read, later)
     if base_entry.name in loaded:  # the base re-saved in fp8: a change too big for a copy, checked exactly
         for i in base_near:
             name = models[i].name
             try:
-                other = loaded[name] if name in loaded else load_reference(models[i])
+                other = _read_once(models[i], loaded, read, set())
             except SdfError:
                 continue
             if other.fingerprint.scheme == loaded[base_entry.name].fingerprint.scheme and resave_of(
@@ -335,8 +337,20 @@ def search_library(
     )  # fmt: skip
 
 
+def _read_once(entry: RefEntry, loaded: dict[str, Reference], read: dict[str, Reference], keep: set[str]) -> Reference:
+    """``entry``'s reference: the loaded one, one kept in ``read``, or read now (and kept when in ``keep``,
+    the names another check will read: a full-size fingerprint is ~10 MB, so only those are kept)."""
+    ref = loaded.get(entry.name) or read.get(entry.name)
+    if ref is None:
+        ref = load_reference(entry)
+        if entry.name in keep:
+            read[entry.name] = ref
+    return ref
+
+
 def _low_precision_resaves(
-    sel: Selection, rows: Sequence[RefEntry], loaded: dict[str, Reference], groups: dict[str, list[str]]
+    sel: Selection, rows: Sequence[RefEntry], loaded: dict[str, Reference], groups: dict[str, list[str]],
+    read: dict[str, Reference], keep: set[str],
 ) -> None:
     """Join to each loaded representative's group the references :func:`resave_of` finds are a
     re-save of it in another precision (read here; their vectors only said they might be). A
@@ -354,7 +368,7 @@ def _low_precision_resaves(
             if name == rep or any(name in g for g in groups.values()):
                 continue
             try:
-                other = loaded[name] if name in loaded else load_reference(rows[i])
+                other = _read_once(rows[i], loaded, read, keep)
             except SdfError:
                 continue
             if other.fingerprint.scheme == loaded[rep].fingerprint.scheme and resave_of(

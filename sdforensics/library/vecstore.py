@@ -1,6 +1,6 @@
 """Search vectors on disk: one append-only file per block map in the library's ``vectors/`` folder.
 
-``vectors/<blockmap>-p<per_block>-v<version>.vec`` starts with a 256-byte header (format name,
+``vectors/<blockmap>-p<per_block>-v<version>.vec`` starts with a 4096-byte header (format name,
 version, dimensions) followed by fixed-size records: a 32-byte key, the raw vector (float32) and
 one byte per block (present or not). The key is the SHA-256 of the fingerprint file's path in the
 library, size and modification time, so a fingerprint that is replaced or edited simply has no
@@ -31,7 +31,9 @@ from sdforensics.model.architecture import BlockMap, block_map_of
 
 FOLDER = "vectors"
 FORMAT = b"sdforensics.searchvec"
-HEADER = 256
+HEADER = 4096  # bytes before the first record: format line, layout JSON line, padding (an SDXL or SD1 layout
+# needs ~300 bytes; the 256 bytes of the first files cut the layout short, so no stored vector was ever
+# read back and every search re-read every fingerprint. Such files fail the header check and are rewritten)
 
 
 def entry_key(library: Path, file: str) -> bytes | None:
@@ -65,13 +67,16 @@ class VectorFile:
         self.path = self.library / FOLDER / f"{blocks.name}-p{per_block}-v{VECTOR_VERSION}.vec"
         n, d = self.projector.n_blocks, self.projector.dim
         self.record = np.dtype([("key", "S32"), ("raw", "<f4", (d,)), ("present", "u1", (n,))])
-        self.header = json.dumps({"blocks": list(blocks.ids), "per_block": per_block, "version": VECTOR_VERSION})
+        layout = json.dumps({"blocks": list(blocks.ids), "per_block": per_block, "version": VECTOR_VERSION})
+        head = FORMAT + b"\n" + layout.encode() + b"\n"
+        if len(head) > HEADER:
+            raise ValueError(f"search-vector layout of {blocks.name!r} is {len(head)} bytes, over {HEADER}")
+        self.head = head.ljust(HEADER, b" ")
 
     def _read(self) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
         try:
             with open(self.path, "rb") as fh:
-                head = fh.read(HEADER)
-                if not head.startswith(FORMAT) or self.header.encode() not in head:
+                if fh.read(HEADER) != self.head:
                     return {}  # another layout: recomputed (and the file rewritten) on the next write
                 data = np.frombuffer(fh.read(), np.uint8)
         except OSError:
@@ -92,8 +97,7 @@ class VectorFile:
             fresh = not self.path.exists() or not self._header_ok()
             if fresh:
                 tmp = self.path.with_suffix(".part")
-                head = FORMAT + b"\n" + self.header.encode() + b"\n"
-                tmp.write_bytes(head.ljust(HEADER, b" "))
+                tmp.write_bytes(self.head)
                 tmp.replace(self.path)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             try:
@@ -106,8 +110,7 @@ class VectorFile:
 
     def _header_ok(self) -> bool:
         with contextlib.suppress(OSError), open(self.path, "rb") as fh:
-            head = fh.read(HEADER)
-            return head.startswith(FORMAT) and self.header.encode() in head
+            return fh.read(HEADER) == self.head
         return False
 
     def vectors(

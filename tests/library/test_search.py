@@ -189,3 +189,30 @@ def test_position_ids_stored_as_floats_leave_the_search_vector_unchanged(prints:
     floats = Fingerprint(fp.scheme, dict(fp.identity), {**fp.tensors, key: as_float})
     proj = Projector(block_map_of("sd1"))
     assert np.array_equal(proj.vector(floats).raw, proj.vector(fp).raw)
+
+
+def test_a_search_reads_only_the_base_and_its_candidates_from_disk(
+    prints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vectors stored by ``refs add`` are read back, so a search over 27 references reads only the
+    base, its 15 candidates and the few references checked for being re-saves of them, each once. The SD1 layout (27 block names) did not fit the vector file's first
+    256-byte header: no stored vector was ever found, and every search re-read every fingerprint
+    (the 2,000-reference library took 234 s)."""
+    import sdforensics.library.search as search
+
+    fps = prints["fps"]
+    lib = Library(tmp_path / "lib")
+    lib.add(fps["base"], "sd15", official=True)
+    for n in ("ft1", "ft2", "ft3", "ft4", "ft5", "ft6"):
+        lib.add(fps[n], n)
+    for i in range(20):
+        lib.add(_unrelated(fps["base"], 100 + i), f"other{i}")
+    loaded: list[str] = []
+    real = search.load_reference
+    monkeypatch.setattr(search, "load_reference", lambda e: loaded.append(e.name) or real(e))
+    doc = _analyze(prints["mix"], lib.folder)
+    assert doc["library"]["references"] == 27
+    assert {r: round(w, 2) for r, w in _weights(doc).items() if abs(w) > 0.02} == TRUTH, doc["recipe"]["text"]
+    # the base, 15 candidates and a few capped re-save checks, each read once; ft6 (a child of ft1) never
+    assert "sd15" in loaded and len(loaded) < 27 and "ft6" not in loaded, " ".join(sorted(loaded))
+    assert len(loaded) == len(set(loaded)), " ".join(sorted(loaded))
