@@ -73,17 +73,37 @@ class VectorFile:
             raise ValueError(f"search-vector layout of {blocks.name!r} is {len(head)} bytes, over {HEADER}")
         self.head = head.ljust(HEADER, b" ")
 
-    def _read(self) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+    def _stored(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(raw, present, found)`` for the cache keys ``keys`` (an ``S32`` array): the stored vector of
+        each, the last record of a key winning; ``found`` says which have one. The file is memory-mapped
+        and looked up with sorted arrays, so a million records cost no Python object each."""
+        n = len(keys)
+        raw = np.zeros((n, self.projector.dim), np.float32)
+        present = np.zeros((n, self.projector.n_blocks), bool)
+        found = np.zeros(n, bool)
         try:
             with open(self.path, "rb") as fh:
                 if fh.read(HEADER) != self.head:
-                    return {}  # another layout: recomputed (and the file rewritten) on the next write
-                data = np.frombuffer(fh.read(), np.uint8)
+                    return raw, present, found  # another layout: recomputed (and the file rewritten) on the next write
+            count = (self.path.stat().st_size - HEADER) // self.record.itemsize
         except OSError:
-            return {}
-        whole = len(data) // self.record.itemsize * self.record.itemsize
-        rows = data[:whole].view(self.record)
-        return {bytes(r["key"]): (r["raw"], r["present"].astype(bool)) for r in rows}
+            return raw, present, found
+        if count <= 0 or n == 0:
+            return raw, present, found
+        rows = np.memmap(self.path, dtype=self.record, mode="r", offset=HEADER, shape=(count,))
+        try:
+            stored = np.asarray(rows["key"])[::-1]  # newest first: np.unique keeps each key's first
+            uniq, first = np.unique(stored, return_index=True)
+            at = np.searchsorted(uniq, keys).clip(0, len(uniq) - 1)
+            found = uniq[at] == keys
+            pick = (count - 1 - first[at[found]]).astype(np.int64)
+            order = np.argsort(pick, kind="stable")  # read the file front to back
+            hit = np.flatnonzero(found)[order]
+            raw[hit] = rows["raw"][pick[order]]
+            present[hit] = rows["present"][pick[order]].astype(bool)
+        finally:
+            del rows  # unmapped before anything is appended
+        return raw, present, found
 
     def append(self, items: Sequence[tuple[bytes, SearchVector]]) -> bool:
         """Append records; False when the folder cannot be written (a shipped, read-only library)."""
@@ -119,24 +139,18 @@ class VectorFile:
         """``(raw (n, dim) float32, present (n, blocks) bool, rows computed now)`` for the fingerprint
         files ``files``; a file without a stored vector is read with ``load(i)`` (None: unusable,
         its row stays zero and absent) and its vector stored."""
-        stored = self._read()
-        n = len(files)
-        raw = np.zeros((n, self.projector.dim), np.float32)
-        present = np.zeros((n, self.projector.n_blocks), bool)
+        found_keys = [entry_key(self.library, file) for file in files]
+        raw, present, found = self._stored(np.array([k or b"" for k in found_keys], dtype="S32"))
         new: list[tuple[bytes, SearchVector]] = []
         computed: list[int] = []
-        for i, file in enumerate(files):
-            key = entry_key(self.library, file)
-            hit = stored.get(key) if key is not None else None
-            if hit is not None:
-                raw[i], present[i] = hit
-                continue
+        for i in np.flatnonzero(~found).tolist():
             fp = load(i)
             if fp is None:
                 continue
             vec = self.projector.vector(fp)
             raw[i], present[i] = vec.raw, vec.present
             computed.append(i)
+            key = found_keys[i]
             if key is not None:
                 new.append((key, vec))
                 if len(new) >= 256:
