@@ -73,7 +73,7 @@ class VectorFile:
             raise ValueError(f"search-vector layout of {blocks.name!r} is {len(head)} bytes, over {HEADER}")
         self.head = head.ljust(HEADER, b" ")
 
-    def _stored(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(raw, present, found)`` for the cache keys ``keys`` (an ``S32`` array): the stored vector of
         each, the last record of a key winning; ``found`` says which have one. The file is memory-mapped
         and looked up with sorted arrays, so a million records cost no Python object each."""
@@ -140,7 +140,7 @@ class VectorFile:
         files ``files``; a file without a stored vector is read with ``load(i)`` (None: unusable,
         its row stays zero and absent) and its vector stored."""
         found_keys = [entry_key(self.library, file) for file in files]
-        raw, present, found = self._stored(np.array([k or b"" for k in found_keys], dtype="S32"))
+        raw, present, found = self.lookup(np.array([k or b"" for k in found_keys], dtype="S32"))
         new: list[tuple[bytes, SearchVector]] = []
         computed: list[int] = []
         for i in np.flatnonzero(~found).tolist():

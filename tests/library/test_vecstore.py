@@ -32,7 +32,7 @@ def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(tmp_path: 
         assert vf.append([(keys[3], newer)])
         assert vf.path.stat().st_size == HEADER + 301 * vf.record.itemsize
         missing = hashlib.sha256(b"not stored").digest()
-        raw, present, found = VectorFile(tmp_path / arch, block_map_of(arch))._stored(
+        raw, present, found = VectorFile(tmp_path / arch, block_map_of(arch)).lookup(
             np.array([keys[3], missing, keys[7], *keys[10:20]], dtype="S32")
         )
         assert found.tolist() == [True, False] + [True] * 11
@@ -49,9 +49,9 @@ def test_a_file_with_another_layout_is_ignored_then_rewritten(tmp_path: Path) ->
     vf.path.parent.mkdir(parents=True)
     vf.path.write_bytes(vf.head[:256] + b"\0" * vf.record.itemsize * 3)
     key = hashlib.sha256(b"a").digest()
-    assert not vf._stored(np.array([key], dtype="S32"))[2].any()
+    assert not vf.lookup(np.array([key], dtype="S32"))[2].any()
     vec = _vec(vf, 1)
     assert vf.append([(key, vec)])
-    raw, _, found = vf._stored(np.array([key], dtype="S32"))
+    raw, _, found = vf.lookup(np.array([key], dtype="S32"))
     assert found.tolist() == [True] and np.array_equal(raw[0], vec.raw)
     assert vf.path.stat().st_size == HEADER + vf.record.itemsize
