@@ -66,7 +66,7 @@ def stored(n: int, where: Path, rng: np.random.Generator) -> None:
         for s in range(0, n, 65536):
             raw = rng.standard_normal((min(65536, n - s), vf.projector.dim), dtype=np.float32)
             present = np.ones(vf.projector.n_blocks, bool)
-            vf.append([(k, SearchVector(r, present)) for k, r in zip(keys[s : s + 65536], raw)])
+            vf.append([(k, SearchVector(r, present)) for k, r in zip(keys[s : s + 65536], raw, strict=True)])
         wrote = time.perf_counter() - t
         size = vf.path.stat().st_size
         t = time.perf_counter()

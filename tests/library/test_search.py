@@ -195,9 +195,10 @@ def test_a_search_reads_only_the_base_and_its_candidates_from_disk(
     prints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The vectors stored by ``refs add`` are read back, so a search over 27 references reads only the
-    base, its 15 candidates and the few references checked for being re-saves of them, each once. The SD1 layout (27 block names) did not fit the vector file's first
-    256-byte header: no stored vector was ever found, and every search re-read every fingerprint
-    (the 2,000-reference library took 234 s)."""
+    base, its 15 candidates and the few references checked for being re-saves of them, each once.
+    The SD1 layout (27 block names) did not fit the vector file's first 256-byte header: no stored
+    vector was ever found, and every search re-read every fingerprint (the 2,000-reference library
+    took 234 s)."""
     import sdforensics.library.search as search
 
     fps = prints["fps"]

@@ -27,7 +27,7 @@ def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(tmp_path: 
         keys = [hashlib.sha256(str(i).encode()).digest() for i in range(300)]
         keys[7] = keys[7][:31] + b"\0"
         first = [_vec(vf, i) for i in range(300)]
-        assert vf.append(list(zip(keys, first)))
+        assert vf.append(list(zip(keys, first, strict=True)))
         newer = _vec(vf, 1000)
         assert vf.append([(keys[3], newer)])
         assert vf.path.stat().st_size == HEADER + 301 * vf.record.itemsize
@@ -38,7 +38,7 @@ def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(tmp_path: 
         assert found.tolist() == [True, False] + [True] * 11
         assert np.array_equal(raw[0], newer.raw) and np.array_equal(present[0], newer.present)
         assert not raw[1].any() and not present[1].any()
-        for row, i in zip(range(2, 13), [7, *range(10, 20)]):
+        for row, i in zip(range(2, 13), [7, *range(10, 20)], strict=True):
             assert np.array_equal(raw[row], first[i].raw) and np.array_equal(present[row], first[i].present)
 
 
