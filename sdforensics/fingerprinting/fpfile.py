@@ -112,9 +112,12 @@ def _scheme(raw: dict[str, Any], where: str) -> Scheme:
         raise FingerprintError(f"{where}: the fingerprint's scheme is malformed ({err})") from err
 
 
-def load_fingerprint(path: Path) -> Fingerprint:
+def load_fingerprint(path: Path, samples_only: bool = False) -> Fingerprint:
     """Read and validate a fingerprint file. Its arrays come back as float32 (which holds every
-    stored width exactly), 16-bit integers multiplied by their scale."""
+    stored width exactly), 16-bit integers multiplied by their scale. ``samples_only``: read only the
+    coordinate samples (a tenth of an SD1.5 fingerprint's bytes); every tensor's values come back
+    empty and its structure None. Such a fingerprint serves :func:`~sdforensics.library.vectors.resave_of`
+    (is one model a re-save of another) and nothing that compares values."""
     where = str(path)
     try:
         ckpt = open_safetensors(Path(path))
@@ -166,12 +169,15 @@ def load_fingerprint(path: Path) -> Fingerprint:
         for array, ints in scaled.items():  # one value cannot have two scales
             if any(nxt[0] < off + n for (off, n, _), nxt in zip(ints, ints[1:], strict=False)):
                 raise FingerprintError(f"{where}: the fingerprint index has overlapping spans in {array}")
+        wanted = ("samples",) if samples_only else tuple(array for array, _ in _SPANS)
         try:
-            arrays = _read_arrays(ckpt, scaled)
+            arrays = _read_arrays(ckpt, scaled, {"stats", *(f"{a}_{w}" for a in wanted for w in widths)})
         except ValueError as err:
             raise FingerprintError(f"{where}: the fingerprint is malformed ({err})") from err
     views = [
         [arrays[f"{array}_{w}"][o : o + n] if n else None for w, o, n, _ in zip(*spans[array], strict=True)]
+        if array in wanted
+        else [None] * len(rows)
         for array, _ in _SPANS
     ]
     stats = arrays["stats"].astype(np.float64, copy=False)
@@ -236,13 +242,17 @@ def _spans(
     return widths, off.tolist(), n.tolist(), scale.tolist()
 
 
-def _read_arrays(ckpt: SafetensorsCheckpoint, scaled: dict[str, list[tuple[int, int, float]]]) -> dict[str, np.ndarray]:
-    """Every array of a fingerprint file, converted straight off a memory map (no copy of the file):
-    float32 for the value arrays, each 16-bit integer span times its scale (``scaled``: sorted,
+def _read_arrays(
+    ckpt: SafetensorsCheckpoint, scaled: dict[str, list[tuple[int, int, float]]], names: set[str]
+) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of a fingerprint file, converted straight off a memory map (no copy of the
+    file): float32 for the value arrays, each 16-bit integer span times its scale (``scaled``: sorted,
     validated spans per array); float64 arrays (``stats``) as they are."""
     out: dict[str, np.ndarray] = {}
     with ckpt.mapped() as mapped:
         for info, offset in zip(ckpt.header.infos, ckpt.header.offsets, strict=True):
+            if info.name not in names:
+                continue
             kind = _NUMPY.get(info.dtype)
             if kind is None:
                 raise ValueError(f"the array {info.name!r} is {info.dtype}")

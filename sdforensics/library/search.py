@@ -301,7 +301,7 @@ def search_library(
             loras.append(ref)
         else:
             loaded[e.name] = ref
-    read: dict[str, Reference] = {}  # references read to check them for re-saves that the base's check reads again
+    read: dict[str, Reference] = {}  # samples read for a re-save check that the base's check reads again
     later = {models[i].name for i in base_near}
     _low_precision_resaves(sel, [models[i] for i in live], loaded, groups, read, later)
     if base_entry.name in loaded:  # the base re-saved in fp8: a change too big for a copy, checked exactly
@@ -338,11 +338,11 @@ def search_library(
 
 
 def _read_once(entry: RefEntry, loaded: dict[str, Reference], read: dict[str, Reference], keep: set[str]) -> Reference:
-    """``entry``'s reference: the loaded one, one kept in ``read``, or read now (and kept when in ``keep``,
-    the names another check will read: a full-size fingerprint is ~10 MB, so only those are kept)."""
+    """``entry``'s reference for a re-save check: the loaded one, one kept in ``read``, or its samples
+    read now (a tenth of a full fingerprint; kept when in ``keep``, the names another check reads)."""
     ref = loaded.get(entry.name) or read.get(entry.name)
     if ref is None:
-        ref = load_reference(entry)
+        ref = load_reference(entry, samples_only=True)
         if entry.name in keep:
             read[entry.name] = ref
     return ref

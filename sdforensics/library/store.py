@@ -458,9 +458,11 @@ def reference_entries(folders: list[Path], family: str | None = None) -> list[Re
     return out
 
 
-def load_reference(entry: RefEntry) -> Reference:
+def load_reference(entry: RefEntry, samples_only: bool = False) -> Reference:
+    """``entry``'s fingerprint read (``samples_only``: its coordinate samples alone, see
+    :func:`~sdforensics.fingerprinting.fpfile.load_fingerprint`)."""
     with _collector_paused():
-        return Reference(entry, load_fingerprint(entry.path))
+        return Reference(entry, load_fingerprint(entry.path, samples_only))
 
 
 def load_references(folders: list[Path], family: str | None = None) -> list[Reference]:

@@ -35,6 +35,13 @@ def test_fingerprint_is_deterministic_and_round_trips(family: dict[str, Path], t
         assert t.digest == back.digest
         assert t.digest or t.dtype.startswith("I")  # float tensors carry their content digest
     assert c.identity["family"] == "sd1" and c.scheme == a.scheme
+    only = load_fingerprint(path, samples_only=True)  # what a search's re-save checks read
+    assert only.identity == c.identity and only.scheme == c.scheme and list(only.tensors) == list(c.tensors)
+    for name, t in c.tensors.items():
+        back = only.tensors[name]
+        assert (back.sample is None) == (t.sample is None)
+        assert t.sample is None or np.array_equal(back.sample, t.sample)
+        assert back.values.size == 0 and back.structure is None and np.array_equal(back.stats, t.stats)
 
 
 def test_version_1_fingerprint_files_still_load(family_prints: dict, tmp_path: Path) -> None:
