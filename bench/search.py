@@ -180,8 +180,8 @@ def synthetic_rows(n: int, vecs: dict[str, SearchVector], scale: np.ndarray, rng
             rows[merge] = base + w @ fts + noise[merge] * rng.uniform(0.3, 1.0, len(merge)).astype(np.float32)[:, None]
         copy = np.flatnonzero(kind == 3)
         src = reals[rng.integers(0, len(reals), len(copy))]
-        rel = rng.choice(np.array([0.0, 2.0**-11, 2.0**-8], np.float32), len(copy))
-        rows[copy] = src + np.abs(src) * rel[:, None] * rng.standard_normal((len(copy), dim), dtype=np.float32)
+        rounding = rng.choice(np.array([0.0, 2.0**-11, 2.0**-8], np.float32), len(copy))  # copy, fp16, bf16
+        rows[copy] = src + np.abs(src) * rounding[:, None] * rng.standard_normal((len(copy), dim), dtype=np.float32)
         bc = np.flatnonzero(kind == 4)
         rows[bc] = base + np.abs(base) * 2.0**-11 * rng.standard_normal((len(bc), dim), dtype=np.float32)
         out[start : start + m] = rows
