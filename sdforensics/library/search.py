@@ -265,7 +265,10 @@ def search_library(
             return ref.fingerprint
 
         r, p, _ = vf.vectors([models[i].file for i in rows], load)
-        raw[rows], present[rows] = r, p
+        if len(rows) == len(models):  # one folder: its arrays are the matrix (no 1.7 GB copy at 1M)
+            raw, present = r, p
+        else:
+            raw[rows], present[rows] = r, p
     skipped.extend(models[i].name for i in sorted(unusable))
     at = models.index(base_entry)
     if at in unusable:

@@ -40,6 +40,10 @@ def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(tmp_path: 
         assert not raw[1].any() and not present[1].any()
         for row, i in zip(range(2, 13), [7, *range(10, 20)], strict=True):
             assert np.array_equal(raw[row], first[i].raw) and np.array_equal(present[row], first[i].present)
+        with open(vf.path, "ab") as fh:  # a writer killed mid-record: the partial record is ignored
+            fh.write(keys[3] + b"\1" * 100)
+        raw, _, found = vf.lookup(np.array([keys[3], keys[299]], dtype="S32"))
+        assert found.all() and np.array_equal(raw[0], newer.raw) and np.array_equal(raw[1], first[299].raw)
 
 
 def test_a_file_with_another_layout_is_ignored_then_rewritten(tmp_path: Path) -> None:
