@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from sdforensics.library import vecstore
 from sdforensics.library.vecstore import HEADER, VectorFile
 from sdforensics.library.vectors import SearchVector
 from sdforensics.model.architecture import block_map_of
@@ -18,10 +20,13 @@ def _vec(vf: VectorFile, seed: int) -> SearchVector:
     return SearchVector(rng.standard_normal(vf.projector.dim).astype(np.float32), present)
 
 
-def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(tmp_path: Path) -> None:
+def test_sd1_and_sdxl_vectors_are_read_back_the_newest_record_winning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SD1's layout (27 block names) did not fit the first 256-byte header, so no SD1 vector was ever
     read back. A key ending in a zero byte (1 SHA-256 in 256) is found too, and a re-written key gives
-    its newest vector."""
+    its newest vector, also when the file is read in several chunks."""
+    monkeypatch.setattr(vecstore, "CHUNK", 64)
     for arch in ("sd1", "sdxl"):
         vf = VectorFile(tmp_path / arch, block_map_of(arch))
         keys = [hashlib.sha256(str(i).encode()).digest() for i in range(300)]
