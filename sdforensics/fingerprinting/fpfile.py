@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
 
 from sdforensics.core.errors import FingerprintError, SdfError
 from sdforensics.fingerprinting.fingerprint import (
@@ -100,9 +99,35 @@ def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    safetensors.numpy.save_file(arrays, str(tmp), metadata=meta)
+    _write(arrays, meta, tmp)
     tmp.replace(path)
     return path
+
+
+_DTYPE_NAMES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+                np.dtype(np.int16): "I16"}  # fmt: skip
+
+
+def _write(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path) -> None:
+    """Write a safetensors file whose bytes depend only on ``arrays`` and ``meta``: the same
+    fingerprint gives the same file in every process (``safetensors.save_file`` orders the metadata
+    by a randomly seeded hash map, so two saves of one fingerprint differed). Arrays are laid out
+    widest dtype first, then by name, so each starts aligned to its item size; the header is padded
+    with spaces to a multiple of 8 bytes, as safetensors does."""
+    order = sorted(arrays, key=lambda k: (-arrays[k].dtype.itemsize, k))
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    for name in order:
+        a = arrays[name]
+        span = [offset, offset + a.nbytes]
+        header[name] = {"dtype": _DTYPE_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": span}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for name in order:
+            fh.write(np.ascontiguousarray(arrays[name], arrays[name].dtype.newbyteorder("<")).tobytes())
 
 
 def _scheme(raw: dict[str, Any], where: str) -> Scheme:

@@ -44,6 +44,28 @@ def test_fingerprint_is_deterministic_and_round_trips(family: dict[str, Path], t
         assert back.values.size == 0 and back.structure is None and np.array_equal(back.stats, t.stats)
 
 
+def test_a_fingerprint_file_is_the_same_bytes_every_time(family: dict[str, Path], tmp_path: Path) -> None:
+    """Two libraries indexed from the same models hold the same files: a fingerprint saved twice (and
+    in another process) gives the same bytes, a file the safetensors library reads as well. The
+    metadata order of ``safetensors.save_file`` came from a randomly seeded hash map."""
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    _, fp = fingerprint_model(family["ft2"], device="cpu")
+    paths = [save_fingerprint(fp, tmp_path / f"ft2_{i}.sdfp") for i in range(4)]
+    code = "import sys; from sdforensics.fingerprinting.fpfile import load_fingerprint as l, save_fingerprint as s; "
+    code += "s(l(sys.argv[1]), sys.argv[2])"
+    subprocess.run([sys.executable, "-c", code, str(paths[0]), str(tmp_path / "other.sdfp")], check=True)
+    first = paths[0].read_bytes()
+    assert all(p.read_bytes() == first for p in [*paths[1:], tmp_path / "other.sdfp"])
+    theirs = safetensors.numpy.load_file(str(paths[0]))
+    ours = load_fingerprint(paths[0])
+    assert theirs["stats"].shape == (len(ours.tensors), 8)
+    assert np.array_equal(theirs["stats"], np.stack([t.stats for t in ours.tensors.values()]))
+
+
 def test_version_1_fingerprint_files_still_load(family_prints: dict, tmp_path: Path) -> None:
     """Fingerprints shared before 16-bit storage: every span in float32, index rows without scales."""
     import safetensors.numpy
