@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -28,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sdforensics.fingerprinting.fpfile import load_fingerprint
 from sdforensics.synth.specs import family_specs, write_safetensors
 
 
@@ -46,28 +43,15 @@ def timed(cmd: list[str]) -> float:
 
 
 def snapshot(lib: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Each reference's fingerprint content (identity and arrays; the .sdfp bytes are not compared:
-    safetensors writes the header's metadata in a per-process hash order) and source paths."""
+    """Each reference's fingerprint file (its bytes: fingerprint files are deterministic) and source paths."""
     con = sqlite3.connect(f"{(lib / 'library.sqlite').as_uri()}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT id, name, file FROM refs").fetchall()
-        return {n: (content_digest(lib / f), tuple(sorted(
+        return {n: (hashlib.sha256((lib / f).read_bytes()).hexdigest(), tuple(sorted(
                     f"{p} {sha}" for p, sha in con.execute("SELECT path, sha256 FROM sources WHERE ref_id=?", (i,)))))
                 for i, n, f in rows}  # fmt: skip
     finally:
         con.close()
-
-
-def content_digest(path: Path) -> str:
-    fp = load_fingerprint(path)
-    h = hashlib.sha256(json.dumps(fp.identity, sort_keys=True).encode())
-    for name in sorted(fp.tensors):
-        t = fp.tensors[name]
-        h.update(f"{name}{t.shape}{t.dtype}{t.kind}{t.digest}".encode())
-        for arr in (t.stats, t.values, t.sample, t.structure):
-            if arr is not None:
-                h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 def committed(lib: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ from conftest import sdf
 from hostile_pickles import GOOD_STORAGES, dumps, system_call, torch_zip
 from safetensors.numpy import save_file
 
-from sdforensics.fingerprinting.fpfile import load_fingerprint
 from sdforensics.library.store import Library, reference_entries
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -94,13 +94,11 @@ def test_a_renamed_file_is_recognised_by_hash_and_a_touched_one_by_content(
 
 
 def _content(lib: Path) -> dict[str, tuple]:
-    """Names, sources and fingerprint contents (not the .sdfp bytes: safetensors writes the header's
-    metadata in a per-process hash order)."""
+    """Names, sources and the fingerprint files' bytes (as recorded in the catalog, and on disk)."""
     out = {}
     for e in Library(lib).entries:
-        fp = load_fingerprint(e.path)
-        arrays = tuple(np.asarray(t.values).tobytes() for _, t in sorted(fp.tensors.items()))
-        out[e.name] = (json.dumps(fp.identity, sort_keys=True), arrays, tuple((s.path, s.sha256) for s in e.sources))
+        on_disk = hashlib.sha256(e.path.read_bytes()).hexdigest()
+        out[e.name] = (e.fp_sha256, on_disk, tuple((s.path, s.sha256) for s in e.sources))
     return out
 
 
