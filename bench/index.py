@@ -65,6 +65,18 @@ def committed(lib: Path) -> int:
         return 0
 
 
+def write_models(folder: Path, width: int, count: int, seed: int) -> list[Path]:
+    """``count`` fp16 SD1.5 files at 1/``width`` in ``folder`` (a base and ``count - 1`` fine-tunes); the
+    time and size on stderr. Also used by bench/scale.py."""
+    start = time.monotonic()
+    specs = family_specs("sd1", width=width, finetunes=count - 1, seed=seed)
+    files = [write_safetensors(spec, folder / f"{name}.safetensors", dtype=torch.float16)
+             for name, spec in specs.items()]  # fmt: skip
+    gb = sum(f.stat().st_size for f in files) / 1e9
+    print(f"built {len(files)} models, {gb:.2f} GB, in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=16)
@@ -78,12 +90,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     models.mkdir(parents=True)
     try:
-        start = time.monotonic()
-        specs = family_specs("sd1", width=args.width, finetunes=args.models - 1, seed=11)
-        files = [write_safetensors(spec, models / f"{name}.safetensors", dtype=torch.float16)
-                 for name, spec in specs.items()]
+        files = write_models(models, args.width, args.models, seed=11)
         gb = sum(f.stat().st_size for f in files) / 1e9
-        print(f"built {len(files)} models, {gb:.2f} GB, in {time.monotonic() - start:.0f} s", file=sys.stderr)
         rows = []
         t_ssl = timed(["openssl", "dgst", "-sha256", *map(str, files)])
         rows.append(("openssl dgst -sha256, files one after another", t_ssl))

@@ -21,6 +21,7 @@ The model files and libraries are deleted at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -31,17 +32,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index import content_digest  # noqa: E402 - bench/index.py, next to this file
+from index import write_models  # noqa: E402 - bench/index.py, next to this file
 
 from sdforensics.collection.engine import LocalEngine  # noqa: E402
 from sdforensics.collection.index import index_paths  # noqa: E402
 from sdforensics.fingerprinting.fpfile import load_fingerprint  # noqa: E402
 from sdforensics.library.registry import Registry  # noqa: E402
 from sdforensics.library.store import Library  # noqa: E402
-from sdforensics.synth.specs import family_specs, write_safetensors  # noqa: E402
 
 CHUNK = 1 << 20
 
@@ -121,15 +120,15 @@ class Server:
 
 
 def snapshot(lib: Path) -> dict[str, tuple[str, str, tuple[str, ...], dict[str, np.ndarray]]]:
-    """Name -> (fingerprint content digest, identity, source SHA-256s, arrays); paths left out (a URL
-    is not a path)."""
+    """Name -> (fingerprint file SHA-256: the files are deterministic, identity, source SHA-256s, arrays);
+    paths left out (a URL is not a path)."""
     out = {}
     for e in Library(lib).entries:
         fp = load_fingerprint(e.path)
         arrays = {f"{t}/{a}": np.asarray(getattr(fp.tensors[t], a), dtype=np.float64)
                   for t in fp.tensors for a in ("stats", "values", "sample", "structure")
                   if getattr(fp.tensors[t], a) is not None}
-        out[e.name] = (content_digest(e.path), json.dumps(fp.identity, sort_keys=True),
+        out[e.name] = (hashlib.sha256(e.path.read_bytes()).hexdigest(), json.dumps(fp.identity, sort_keys=True),
                        tuple(sorted(s.sha256 for s in e.sources)), arrays)
     return out
 
@@ -180,12 +179,8 @@ def main() -> None:
     models.mkdir(parents=True)
     servers: list[Server] = []
     try:
-        t = time.monotonic()
-        specs = family_specs("sd1", width=args.width, finetunes=args.models - 1, seed=18)
-        files = [write_safetensors(spec, models / f"{name}.safetensors", dtype=torch.float16)
-                 for name, spec in specs.items()]
+        files = write_models(models, args.width, args.models, seed=18)
         gb = sum(f.stat().st_size for f in files) / 1e9
-        print(f"built {len(files)} models, {gb:.2f} GB, in {time.monotonic() - t:.0f} s", file=sys.stderr)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-keyout", str(out / "key.pem"), "-out", str(out / "cert.pem"), "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
