@@ -158,7 +158,7 @@ def build_library(specs: dict[str, Spec], out: Path, keep: bool) -> Path:
     lib = out / "library"
     lib.mkdir(parents=True, exist_ok=True)
     for name, spec in specs.items():
-        if (lib / f"{name}.sdfp").exists() or any(lib.glob(f"{name}*")):
+        if (lib / "fingerprints" / f"{name}.sdfp").exists():
             log(f"library: {name} already there")
             continue
         path = out / f"{name}.safetensors"

@@ -488,7 +488,7 @@ def estimate_recipe(
     weights = sorted((Weight(names[i], w, _ci(w, v)) for i, (w, v) in aff.items()), key=lambda w: -w.weight)
     if abs(aff[pivot][0]) < PIVOT_DROP and aff[pivot][1] < PIVOT_DROP_VAR and len(weights) > 1:
         weights = [w for w in weights if w.reference != names[pivot]]
-    loras, low = _lora_findings(fitter.prob, layers, fit, lora_deltas, elementwise)
+    loras, low = _lora_findings(fitter.prob, layers, fit, raw_blocks, lora_deltas, elementwise)
     components, comp_copies = _component_fits(fitter, layers)
     best = int(np.argmin(rel))
     exact = bool(rel[best] < 1e-9)
@@ -575,8 +575,7 @@ def _elementwise_stage(
     real base: each layer's samples against what the (block's) linear fit predicts there."""
     preds = []
     for layer in layers:
-        rf = raw_blocks[layer.block]
-        use = rf if rf.columns else fit
+        use = _layer_fit(raw_blocks, layer.block, fit)
         pred = np.zeros(layer.sample_target.shape[0])
         for k, c in enumerate(use.columns):
             if c < prob.n_model:
@@ -587,10 +586,17 @@ def _elementwise_stage(
     )
 
 
+def _layer_fit(raw_blocks: Mapping[str, Fit], block: str, fit: Fit) -> Fit:
+    """The fit of the layer's merge block, or the global fit where the block has none."""
+    rf = raw_blocks.get(block)
+    return rf if rf is not None and rf.columns else fit
+
+
 def _lora_findings(
     prob: _Problem,
     layers: Sequence[LayerData],
     fit: Fit,
+    raw_blocks: Mapping[str, Fit],
     lora_deltas: Mapping[str, Mapping[str, np.ndarray]],
     elementwise: ElementwiseFinding | None,
 ) -> tuple[list[LoraFinding], bool]:
@@ -612,8 +618,13 @@ def _lora_findings(
             loras.append(LoraFinding(lname, s, _ci(s, float(fit.cov[k, k])), rank, tuple(sketches)))
     if fit.unexplained <= LOWRANK_MIN_UNEXPLAINED:
         return loras, False
+    # What each layer's own block fit leaves: a block-weighted merge of fine-tunes that carry
+    # low-rank parts leaves a low-rank residual under the global weights, (w_block - w) x delta,
+    # which is no LoRA (measured: full-size SDXL, 20 block weights, read as a weighted sum).
     residuals = {
-        la.key: _tail2d(prob.residual(li, fit), la.sketch2d) for li, la in enumerate(layers) if la.sketch2d is not None
+        la.key: _tail2d(prob.residual(li, _layer_fit(raw_blocks, la.block, fit)), la.sketch2d)
+        for li, la in enumerate(layers)
+        if la.sketch2d is not None
     }
     scales = {la.key: float(np.linalg.norm(prob.ys[li])) for li, la in enumerate(layers)}
     low = detect_lowrank(residuals, scales, min_share=0.05)

@@ -4,9 +4,10 @@ TIES and DARE act coordinate by coordinate, so only the exact coordinate samples
 (sd-mecha's definitions, ``sd_mecha/extensions/builtin/merge_methods/ties.py``):
 
 - TIES (``ties_sum``, ``add_difference_ties``): each task delta keeps its top-k share by
-  magnitude (``filter_top_k``), every coordinate elects a sign by counting the kept signs, and
-  the kept deltas that agree are averaged (``sum / count``). The target equals the base exactly
-  where every delta was trimmed or the vote is tied.
+  magnitude (``filter_top_k``), every coordinate elects a sign by counting the kept signs (or, with
+  ``vote_sgn`` and in the paper, by summing the kept deltas), and the kept deltas that agree are
+  averaged (``sum / count``). The target equals the base exactly where every delta was trimmed or
+  the vote is tied.
 - DARE (``dropout``): each delta drops each coordinate with probability p; survivors are
   averaged and rescaled by ``1 / (1 - p)``. The target equals the base where every delta was
   dropped (about ``p ** n`` of the coordinates), independently of the magnitudes.
@@ -172,6 +173,24 @@ def _dropped_share(equal: np.ndarray, informative: np.ndarray, layer: np.ndarray
     return float(eq_counts[near].sum() / counts[near].sum())
 
 
+def _ties_rule(dd: np.ndarray, pp: np.ndarray, any_moved: np.ndarray, equal: np.ndarray) -> tuple[float, float, str]:
+    """How well TIES's trim-and-vote rule tells which coordinates stayed at the base: the best
+    balanced accuracy over the density k and the two sign elections, with that k and election.
+
+    Every delta keeps its top-k share by magnitude; the sign is elected by counting the kept
+    signs (sd-mecha's default) or by their summed magnitudes (the paper's, sd-mecha's
+    ``vote_sgn``), which leaves the base only where every delta was trimmed.
+    """
+    best_ba, best_k, best_vote = 0.0, 0.5, "count"
+    for k in np.linspace(0.02, 0.98, 49):
+        kept = pp > 1.0 - k
+        for vote, votes in (("count", (np.sign(dd) * kept).sum(axis=0)), ("magnitude", (dd * kept).sum(axis=0))):
+            ba = _balanced_accuracy(votes[any_moved] == 0, equal[any_moved])
+            if ba > best_ba:
+                best_ba, best_k, best_vote = ba, float(k), vote
+    return best_ba, best_k, best_vote
+
+
 def detect_elementwise(
     sample_target: Sequence[np.ndarray],
     sample_refs: Sequence[np.ndarray],
@@ -247,21 +266,26 @@ def detect_elementwise(
         # without a linear fit to go by, signs no reference explains mean nothing element-wise
         kind = "linear" if fallback else "unknown"
         return ElementwiseFinding(kind, (), None, None, None, eq_frac, 0.5, int(t.size))
-    dd, pp = d[cover], pct[cover]
-    any_moved = (dd != 0).any(axis=0)
-    score = np.where(dd != 0, pp, 0.0).max(axis=0)
-    auc = _auc(score[any_moved], ~equal[any_moved])
-
-    # TIES rule: keep top-k of each delta, vote by kept signs, zero where the vote is tied
-    best_ba, best_k = 0.0, 0.5
-    for k in np.linspace(0.02, 0.98, 49):
-        kept = pp > 1.0 - k
-        votes = (np.sign(dd) * kept).sum(axis=0)
-        ba = _balanced_accuracy(votes[any_moved] == 0, equal[any_moved])
-        if ba > best_ba:
-            best_ba, best_k = ba, float(k)
-    ingredients = tuple(labels[others[i]] for i in cover)
+    # Candidate ingredient sets: the sign cover, and the deltas that linearly predict the target
+    # (DARE is unbiased; with three or more independent TIES deltas the greedy cover can stop
+    # after the first, as each later one explains only part of what is left).
+    unit = np.concatenate(norm_parts)
+    picked = _regress_select(t * unit, d * unit[None, :])
+    candidates = [cover] + ([picked] if picked and sorted(picked) != sorted(cover) else [])
+    best = None
+    for cand in candidates:
+        dd, pp = d[cand], pct[cand]
+        any_moved = (dd != 0).any(axis=0)
+        ba, k, vote = _ties_rule(dd, pp, any_moved, equal)
+        if best is None or ba > best[0] + 1e-9:
+            best = (ba, k, vote, cand)
+    assert best is not None
+    best_ba, best_k, best_vote, ties_cover = best
     if best_ba >= TIES_RULE_MIN:
+        dd, pp = d[ties_cover], pct[ties_cover]
+        any_moved = (dd != 0).any(axis=0)
+        score = np.where(dd != 0, pp, 0.0).max(axis=0)
+        auc = _auc(score[any_moved], ~equal[any_moved])
         kept = pp > 1.0 - best_k
         single = (kept.sum(axis=0) == 1) & ~equal & any_moved
         scale = None
@@ -269,16 +293,15 @@ def detect_elementwise(
             who = np.argmax(kept[:, single], axis=0)
             ratio = t[single] / dd[who, np.nonzero(single)[0]]
             scale = float(np.median(ratio))
-        return ElementwiseFinding("ties", ingredients, best_k, None, scale, eq_frac, auc, int(t.size))
-    unit = np.concatenate(norm_parts)
-    picked = _regress_select(t * unit, d * unit[None, :])
+        ingredients = tuple(labels[others[i]] for i in ties_cover)
+        return ElementwiseFinding("ties", ingredients, best_k, None, scale, eq_frac, auc, int(t.size), best_vote)
     if picked:
         cover = picked
-        dd, pp = d[cover], pct[cover]
-        any_moved = (dd != 0).any(axis=0)
-        score = np.where(dd != 0, pp, 0.0).max(axis=0)
-        auc = _auc(score[any_moved], ~equal[any_moved])
-        ingredients = tuple(labels[others[i]] for i in cover)
+    dd, pp = d[cover], pct[cover]
+    any_moved = (dd != 0).any(axis=0)
+    score = np.where(dd != 0, pp, 0.0).max(axis=0)
+    auc = _auc(score[any_moved], ~equal[any_moved])
+    ingredients = tuple(labels[others[i]] for i in cover)
     all_moved = (dd != 0).all(axis=0)
     q = _dropped_share(equal, all_moved, np.concatenate(layer_parts)) if all_moved.any() else eq_frac
     p = float(q ** (1.0 / len(cover))) if q > 0 else 0.0

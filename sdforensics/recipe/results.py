@@ -81,6 +81,7 @@ class ElementwiseFinding:
     equal_fraction: float  # share of moved coordinates left exactly at the base
     magnitude_auc: float  # 1.0: only small deltas were dropped (TIES); 0.5: random (DARE)
     n_samples: int
+    sign_vote: str | None = None  # TIES sign election: "count" (sd-mecha's default) or "magnitude" (the paper's)
 
 
 @dataclass(frozen=True)

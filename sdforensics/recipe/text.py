@@ -76,6 +76,7 @@ def recipe_text(est: RecipeEstimate) -> str:
         ings = ", ".join(ew.ingredients)
         if ew.kind == "ties":
             extra = f"k={ew.density:.2f}" + (f", alpha={ew.scale:.2f}" if ew.scale is not None else "")
+            extra += ", sign by magnitude" if ew.sign_vote == "magnitude" else ""
             text = f"TIES({ings}; {extra}) on {est.pivot}"
         else:
             label = "DARE" if ew.kind == "dare" else "DARE-TIES"

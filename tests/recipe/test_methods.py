@@ -210,3 +210,30 @@ def test_model_stock_vector_by_vector_is_found_by_the_robust_refit(library: Path
     recipe, text = _analyze(path, library)
     assert recipe["method"]["name"] == "model_stock", text
     assert sorted(recipe["method"]["ingredients"]) == ["ft1", "ft6"]
+
+
+def test_a_block_merge_of_low_rank_fine_tunes_is_block_weighted_not_a_lora(tmp_path: Path) -> None:
+    """Full-size SDXL, 20 block weights: read as 'weighted_sum' because what the global weights
+    leave, (w_block - w) x (ft1 - ft2), is low rank where the fine-tunes are, and was taken for an
+    unknown LoRA. Fine-tunes that are mostly low rank show it at 1/16 width."""
+    from sdforensics import Library, fingerprint
+    from sdforensics.model.architecture import block_map_of
+    from sdforensics.synth.specs import Base
+
+    base = Base("sd1", width=16, seed=71)
+    ft1, ft2 = (FineTune(base, seed=s, scale=0.05, rank=2, noise=0.01) for s in (7101, 7102))
+    lib = Library(tmp_path / "library")
+    for name, spec in (("base", base), ("ft1", ft1), ("ft2", ft2)):
+        path = write_safetensors(spec, tmp_path / f"{name}.safetensors")
+        lib.add(fingerprint(path, device="cpu"), name, official=name == "base")
+    ids = [b for b in block_map_of("sd1").ids if b != "VAE"]
+    alphas = {b: 0.1 + 0.8 * ((i * 7) % len(ids)) / (len(ids) - 1) for i, b in enumerate(ids)}
+    blocks = {b: (1 - a, a) for b, a in alphas.items()} | {"VAE": (1 - alphas["BASE"], alphas["BASE"])}
+    path = write_safetensors(Merge(((0.5, ft1), (0.5, ft2)), blocks=blocks), tmp_path / "mbw.safetensors")
+    recipe, text = _analyze(path, lib.folder)
+    assert recipe["kind"] == "block_weighted", text
+    assert not recipe["loras"], text
+    sm = recipe["supermerger_weights"]
+    assert sm["models"] == ["ft1", "ft2"], text
+    found = dict(zip(sm["blocks"], sm["alphas"], strict=True))
+    assert max(abs(found[b] - a) for b, a in alphas.items()) <= 0.02, sm["text"]
