@@ -215,6 +215,7 @@ def evaluate(case: Case, rec: dict[str, Any]) -> None:
         case.checks["weights+-0.01"] = err <= TOL_LINEAR and extra <= TOL_LINEAR
     elif case.kind == "block_weighted":
         blocks = rec.get("blocks") or {}
+        sm = rec.get("supermerger_weights") or {}
         worst, where = 0.0, ""
         for b, truth in (case.blocks or {}).items():
             got = {r["reference"]: float(r["weight"]) for r in blocks.get(b, []) if r.get("weight") is not None}
@@ -225,9 +226,18 @@ def evaluate(case: Case, rec: dict[str, Any]) -> None:
             block_max_err=worst,
             block_worst=where,
             supermerger_truth=case.supermerger,
-            supermerger_found=(rec.get("supermerger") or {}).get("text"),
+            supermerger_found=sm.get("text"),
         )
         case.checks["blocks+-0.02"] = worst <= TOL_BLOCK
+        if case.supermerger:
+            # The found string is alpha of models[1] in "(1-alpha) x A + alpha x B"; the truth is ft2's.
+            truth_a = [float(x) for x in case.supermerger.split(",")]
+            found_a = [float(x) for x in (sm.get("text") or "").split(",") if x]
+            if list(sm.get("models") or [])[-1:] == ["ft1"]:
+                found_a = [1.0 - x for x in found_a]
+            case.checks["supermerger string+-0.02"] = len(found_a) == len(truth_a) and all(
+                abs(f - t) <= TOL_BLOCK for f, t in zip(found_a, truth_a, strict=True)
+            )
     else:
         ew = rec.get("elementwise") or {}
         found = set(ew.get("ingredients") or [c for c, w in est.items() if abs(w) > 0.02])
