@@ -402,19 +402,22 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
             ),
         ),
     )
-    add(
+    stock = MCase(
         "model_stock",
-        MCase(
-            "model_stock",
-            "sd-mecha",
-            "base + model_stock(ft1, ft6 deltas)",
-            ("model_stock",),
-            ("ft1", "ft6"),
-            None,
-            {},
-            build=lambda o: write(on_base(ties.model_stock(*deltas("ft1", "ft6"))), o),
-        ),
+        "sd-mecha",
+        "base + model_stock(ft1, ft6 deltas)",
+        ("model_stock",),
+        ("ft1", "ft6"),
+        None,
+        {},
     )
+
+    def build_stock(o: Path, case: MCase = stock) -> None:
+        write(on_base(ties.model_stock(*deltas("ft1", "ft6"))), o)
+        case.params["ratio"] = model_stock_ratio(p["base"], (p["ft1"], p["ft6"]), ties.get_model_stock_t)
+
+    stock.build = build_stock
+    add("model_stock", stock)
     add(
         "geometric_median",
         MCase(
@@ -491,6 +494,30 @@ def mecha_cases(p: dict[str, Path]) -> dict[str, list[MCase]]:
 
 
 # ---------------------------------------------------------------- SuperMerger modes (published formulas)
+
+
+def model_stock_ratio(base: Path, models: tuple[Path, ...], stock_t: Callable[..., torch.Tensor]) -> float:
+    """The truth for model stock's ratio: sd-mecha takes t = n cos / (1 + (n-1) cos) vector by vector
+    along the last axis, so a merge has one t per row; this is the median over every coordinate of
+    the t it was merged with (what most of the file was made at)."""
+    from safetensors import safe_open
+
+    ts, ns = [], []
+    with safe_open(str(base), "pt") as fb:
+        opened = [safe_open(str(m), "pt") for m in models]
+        for key in fb.keys():  # noqa: SIM118 - safe_open has no __iter__
+            b = fb.get_tensor(key)
+            if not b.is_floating_point() or b.ndim == 0:
+                continue
+            ds = [f.get_tensor(key).float() - b.float() for f in opened]
+            t = stock_t(ds, 1e-6).reshape(-1)
+            keep = torch.isfinite(t)
+            ts.append(t[keep].double())
+            ns.append(torch.full((int(keep.sum()),), float(b.shape[-1]), dtype=torch.float64))
+    t_all, n_all = torch.cat(ts), torch.cat(ns)
+    order = torch.argsort(t_all)
+    cum = torch.cumsum(n_all[order], 0)
+    return float(t_all[order][int(torch.searchsorted(cum, cum[-1] / 2))])
 
 
 def _cos_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -855,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'-' if u is None else f'{u:.3f}':>6} {str(r.get('confidence')):<6} "
             f"{'PASS' if c.ok else 'FAIL ' + ','.join(k for k, v in c.checks.items() if not v)}"
         )
-        print(f"{'':<22}   did: {c.method}")
+        truth_params = ", ".join(f"{k} {v:.3f}" for k, v in c.params.items())
+        print(f"{'':<22}   did: {c.method}" + (f"; true parameters: {truth_params}" if truth_params else ""))
     print()
     print(
         "sd-mecha identifiers that are not merges of models (listed, not run): " + ", ".join(f"{i}" for i, _ in skipped)
@@ -897,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
                             "source": c.source,
                             "did": c.method,
                             "truth": list(c.ingredients),
+                            "truth_params": c.params,
                             "status": c.status,
                             "result": c.result,
                             "checks": c.checks,

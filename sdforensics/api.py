@@ -409,10 +409,10 @@ def estimate(
     block_convention: str = BLOCK_CONVENTION,
 ) -> RecipeEstimate | None:
     """The recipe fit of ``fp`` over ``refs`` on the layers ``sim`` compared (None: no common layer)."""
-    from sdforensics.recipe.estimate import estimate_recipe
+    from sdforensics.recipe.estimate import estimate_recipe, finite_layers
 
     layers = fit_layers(fp, [r.fingerprint for r in refs], [(row.key, row.block, row.component) for row in sim.layers])
-    if not layers:
+    if not finite_layers(layers):
         return None
     est = estimate_recipe(
         layers, [r.name for r in refs], base, lora_deltas=lora_deltas(layers, loras or []),
@@ -449,6 +449,7 @@ def fit_layers(fp: Fingerprint, refs: list[Fingerprint], rows: list[tuple[str, s
                 sample_refs=sample_r,
                 sketch2d=t.sketch_shape if structured else None,
                 numel=t.numel,
+                nonfinite=t.nonfinite + sum(p.nonfinite for p in rp),
             )
         )
     return layers

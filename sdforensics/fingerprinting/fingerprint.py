@@ -151,6 +151,11 @@ class TensorPrint:
     def numel(self) -> int:
         return int(self.stats[0])
 
+    @property
+    def nonfinite(self) -> int:
+        """NaN and Inf values in the tensor (the sketch and samples hold 0 in their place)."""
+        return int(self.stats[6] + self.stats[7]) if len(self.stats) > 7 else 0
+
 
 def coordinate_samples(prints: Sequence[TensorPrint], scheme: Scheme) -> list[np.ndarray] | None:
     """One layer's exact values at the scheme's hash-chosen positions, for each model's print of it:

@@ -16,16 +16,18 @@ IN00). See :func:`estimate_recipe`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.stats import chi2
 
+from sdforensics.core.safetext import percent
 from sdforensics.recipe.fit import Fit, Grams, build_grams, column_cosines, fit_columns, forward_select
 from sdforensics.recipe.methods import (
     DELLA_EPS_MAX,
     DELLA_EPS_MIN,
     DELLA_LR_MIN,
+    MODEL_STOCK_BLOWN_MAX,
     PER_TENSOR_MIN,
     PREDICTABLE_R2,
     ROBUST_REFIT_MIN,
@@ -34,6 +36,7 @@ from sdforensics.recipe.methods import (
     elementwise_unexplained,
     fit_della,
     fit_train_difference,
+    model_stock_unexplained,
     name_linear_method,
     name_per_element,
     name_robust,
@@ -87,6 +90,18 @@ class LayerData:
     sample_refs: np.ndarray  # (n_refs, m) float64
     sketch2d: tuple[int, int] | None  # k1 x k2 two-sided sketch (row-major) in the LAST k1*k2 entries, or None
     numel: int  # elements of the real tensor
+    nonfinite: int = 0  # NaN/Inf values in the target's or a reference's tensor (fingerprints hold 0 there)
+
+
+def finite_layers(layers: Sequence[LayerData]) -> list[LayerData]:
+    """The layers whose tensors held no NaN/Inf: the fingerprint puts 0 in their place, which reads as a
+    change of minus the base's value (a merge that blew up, such as model stock on a 1x1 kernel, would
+    swamp every fit)."""
+    return [
+        la for la in layers
+        if la.nonfinite == 0 and np.isfinite(la.target).all() and np.isfinite(la.refs).all()
+        and np.isfinite(la.sample_target).all() and np.isfinite(la.sample_refs).all()
+    ]
 
 
 def _tail2d(vector: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -439,6 +454,14 @@ def _recognise_method(
         rob = robust_sample_fit(st, sr, prob.pivot, cands)
         found = name_robust(rob[0], rob[1], [names[i] for i in cands], names[base], linear_u) if rob else None
         if found is not None:
+            ratio = dict(found.parameters)["ratio"]
+            ings = [index[n] for n in found.ingredients]
+            u, blown = model_stock_unexplained(st, sr, prob.pivot, ings, ratio, energy)
+            if blown <= MODEL_STOCK_BLOWN_MAX:
+                note = (f"{found.note}; measured against ratio x the ingredients' mean change, {percent(u)} is left, "
+                        f"and {percent(blown)} of the sampled coordinates lie far off it (the vectors model stock "
+                        "blew up)")
+                return kind, replace(found, unexplained=u, note=note), u
             return kind, found, linear_u
     return kind, named, linear_u
 
@@ -469,11 +492,18 @@ def estimate_recipe(
     """
     n_refs = len(names)
     lora_deltas = lora_deltas or {}
+    all_layers = len(layers)
+    layers = finite_layers(layers)
     if not layers or n_refs == 0:
-        raise ValueError("estimate_recipe needs at least one layer and one reference")
+        raise ValueError("estimate_recipe needs at least one layer with finite values and one reference")
     copies, rel = _nearest_copy(layers, np.ones(len(layers), dtype=bool), n_refs)
     pivot = base if base is not None else int(np.argmin(rel))
     notes: list[str] = [f"blocks: {block_convention}"]
+    if len(layers) < all_layers:
+        notes.append(
+            f"{all_layers - len(layers)} of {all_layers} layers hold NaN/Inf values (see the problems) and are left "
+            "out of the recipe fit"
+        )
     if base is None:
         notes.append(f"no official base in the library: deltas are taken from the nearest reference, {names[pivot]}")
     fitter = _Fitter(_Problem(layers, pivot, n_refs, lora_deltas), layers, names, pivot)
@@ -511,6 +541,8 @@ def estimate_recipe(
     kind, method, unexplained = _recognise_method(
         fitter.prob, fit, kind, weights, elementwise, names, base, u_block, linear_u
     )
+    if method is not None and method.family == "model_stock" and method.unexplained is not None:
+        weights = _robust_weights(fitter.prob, layers, names, method.ingredients) or weights
     return RecipeEstimate(
         block_convention=block_convention,
         kind=kind,
@@ -529,6 +561,28 @@ def estimate_recipe(
         copy_of=copy_of,
         notes=tuple(notes),
     )
+
+
+def _robust_weights(
+    prob: _Problem, layers: Sequence[LayerData], names: Sequence[str], ingredients: Sequence[str]
+) -> list[Weight] | None:
+    """Weights of ``ingredients`` and the pivot from the robust refit of the exact samples (a merge that
+    blew up a few coordinates, as model stock does, swamps the least-squares weights)."""
+    index = {n: i for i, n in enumerate(names)}
+    cols = [index[n] for n in ingredients]
+    rob = robust_sample_fit(
+        [la.sample_target for la in layers], [la.sample_refs for la in layers], prob.pivot, cols
+    )
+    if rob is None:
+        return None
+    coef, _, cov = rob
+    out = [
+        Weight(names[c], float(w), _ci(float(w), float(cov[k, k])))
+        for k, (c, w) in enumerate(zip(cols, coef, strict=True))
+    ]
+    rest = 1.0 - float(coef.sum())
+    out.append(Weight(names[prob.pivot], rest, _ci(rest, float(cov.sum()))))
+    return sorted(out, key=lambda w: -w.weight)
 
 
 PIVOT_DROP = 0.005

@@ -310,19 +310,20 @@ the refit explains the bulk of the coordinates."""
 
 def robust_sample_fit(
     sample_target: Sequence[np.ndarray], sample_refs: Sequence[np.ndarray], pivot: int, candidates: Sequence[int]
-) -> tuple[np.ndarray, float] | None:
+) -> tuple[np.ndarray, float, np.ndarray] | None:
     """Weights of ``candidates`` (as changes from ``pivot``) fitted to the target's change at the exact
-    samples by iteratively reweighted least squares (Huber), each layer scaled to unit change; and the
-    median absolute residual relative to the median absolute change (the bulk's misfit). None without
+    samples by iteratively reweighted least squares (Huber), each layer scaled to unit change; the
+    median absolute residual relative to the median absolute change (the bulk's misfit); and the
+    weights' covariance (the reweighted fit's, with the residuals' robust scale). None without
     samples.
 
     >>> rng = np.random.default_rng(0)
     >>> b = rng.normal(size=(1, 4000)); d = 0.05 * rng.normal(size=(2, 4000))
     >>> t = b[0] + 0.4 * d[0] + 0.4 * d[1]
     >>> t[:40] *= 50.0  # a few coordinates blown up
-    >>> w, bulk = robust_sample_fit([t], [np.vstack([b, b + d])], 0, [1, 2])
-    >>> np.round(w, 2).tolist(), bulk < 0.05
-    ([0.4, 0.4], True)
+    >>> w, bulk, cov = robust_sample_fit([t], [np.vstack([b, b + d])], 0, [1, 2])
+    >>> np.round(w, 2).tolist(), bulk < 0.05, bool(np.all(np.sqrt(np.diag(cov)) < 0.01))
+    ([0.4, 0.4], True, True)
     """
     cands = list(candidates)
     xs, ys = [], []
@@ -352,7 +353,74 @@ def robust_sample_fit(
         w = np.minimum(1.0, c / np.maximum(np.abs(r), 1e-300))
     r = y - x @ coef
     bulk = float(np.median(np.abs(r)) / max(float(np.median(np.abs(y))), 1e-300))
-    return coef, bulk
+    sigma = float(np.median(np.abs(r))) / 0.6745
+    cov = sigma**2 * np.linalg.pinv((x * w[:, None]).T @ x)
+    return coef, bulk, cov
+
+
+def model_stock_unexplained(
+    sample_target: Sequence[np.ndarray],
+    sample_refs: Sequence[np.ndarray],
+    pivot: int,
+    ingredients: Sequence[int],
+    ratio: float,
+    energy: np.ndarray,
+) -> tuple[float, float]:
+    """(share left, share of coordinates blown up) of a model-stock merge under its own model.
+
+    Model stock moves each vector along the last axis to ``t`` times the ingredients' mean change, with
+    ``t = n cos / (1 + (n-1) cos)`` taken on that vector: near the typical ``ratio`` where the
+    ingredients agree, and unbounded (non-finite at -1) where a short vector's changes point apart, as
+    on 3x3 kernels. So the bulk is measured against ``ratio`` x the mean change, and the coordinates
+    far outside the bulk (residual beyond ``MODEL_STOCK_OUTLIER`` robust standard deviations, or
+    non-finite) are counted as the blown-up vectors, not as unexplained; their share of the
+    coordinates is returned beside. Layers are weighted by their share of the change, as in
+    :func:`elementwise_unexplained`.
+
+    >>> rng = np.random.default_rng(1)
+    >>> b = rng.normal(size=(1, 3000)); d = 0.05 * rng.normal(size=(2, 3000))
+    >>> t = 0.9 + 0.01 * rng.normal(size=3000); t[:30] = -40.0  # most vectors near 0.9, a few blown up
+    >>> y = b[0] + t * d.mean(axis=0)
+    >>> u, blown = model_stock_unexplained([y], [np.vstack([b, b + d])], 0, [1, 2], 0.9, np.ones(1))
+    >>> round(u, 2), round(blown, 2)
+    (0.01, 0.01)
+    >>> other = b[0] + 0.05 * rng.normal(size=3000)  # a change model stock cannot make
+    >>> model_stock_unexplained([other], [np.vstack([b, b + d])], 0, [1, 2], 0.9, np.ones(1))[0] > 0.5
+    True
+    """
+    ings = list(ingredients)
+    shares, weights = [], []
+    n_out = n_all = 0
+    for li, (st, sr) in enumerate(zip(sample_target, sample_refs, strict=True)):
+        if st.size == 0:
+            continue
+        y = st - sr[pivot]
+        v = (sr[ings] - sr[pivot][None, :]).mean(axis=0)
+        finite = np.isfinite(y) & np.isfinite(v)
+        r = np.where(finite, y - ratio * v, 0.0)
+        sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
+        inlier = finite & (np.abs(r) <= MODEL_STOCK_OUTLIER * sigma)
+        n_out += int(y.size - inlier.sum())
+        n_all += int(y.size)
+        den = float(y[inlier] @ y[inlier])
+        if den <= 0:
+            continue
+        shares.append(float(r[inlier] @ r[inlier]) / den)
+        weights.append(float(energy[li]) if li < energy.size and np.isfinite(energy[li]) else 0.0)
+    if not shares:
+        return 1.0, 0.0
+    w = np.asarray(weights)
+    sh = np.asarray(shares)
+    if w.sum() <= 0:
+        w = np.ones_like(sh)
+    return float(np.sqrt((sh * w).sum() / w.sum())), n_out / max(n_all, 1)
+
+
+MODEL_STOCK_OUTLIER = 8.0
+"""Robust standard deviations beyond which a model-stock coordinate counts as a blown-up vector."""
+
+MODEL_STOCK_BLOWN_MAX = 0.1
+"""Share of the coordinates that may be blown up for the merge still to read as model stock."""
 
 
 def name_robust(

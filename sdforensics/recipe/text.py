@@ -139,6 +139,10 @@ def confidence(est: RecipeEstimate) -> tuple[str, str]:
         return level, f"{reason}; the parent is sure, the further training is not in the library"
     if u >= UNKNOWN_LIKELY:
         return "low", f"{reason}, but the library explains only {percent(max(0.0, 1.0 - u))} of the change"
+    if est.method is not None and est.method.family == "model_stock" and est.method.unexplained is not None:
+        return ("medium" if level == "high" else level), (
+            f"{reason}; model stock's ratio changes vector by vector, the weights are its typical value"
+        )
     if u >= CONFIDENT_UNEXPLAINED and level == "high":
         return "medium", f"{reason}; {percent(u)} unexplained"
     return level, reason

@@ -198,18 +198,53 @@ def test_model_stock_vector_by_vector_is_found_by_the_robust_refit(library: Path
     """sd-mecha's model_stock takes t = n cos / (1 + (n - 1) cos) along the last axis: row by row, and
     3-vector by 3-vector on conv kernels, where it blows up; a least-squares fit then read ft6 alone."""
 
+    ts: list[torch.Tensor] = []  # the t each coordinate was merged with
+
     def stock(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         da, db = a - base, b - base
         if base.dim() == 0:
             return base
         cos = torch.nn.functional.cosine_similarity(da, db, dim=-1, eps=1e-6)
         t = (2 * cos / (1 + cos)).unsqueeze(-1)
+        ts.append(t.expand_as(da).reshape(-1))
         return base + torch.nan_to_num(t * (da + db) / 2)
 
     path = _formula(family, tmp_path / "stock.safetensors", stock, "base", "ft1", "ft6")
     recipe, text = _analyze(path, library)
     assert recipe["method"]["name"] == "model_stock", text
     assert sorted(recipe["method"]["ingredients"]) == ["ft1", "ft6"]
+    # The weights are model stock's, not the least-squares fit's (which read ft6 0.81 + base 0.19), and
+    # what is left is measured against model stock (was 95%, the blown-up vectors swamping the fit).
+    true_t = float(torch.cat(ts).nan_to_num(posinf=1e9, neginf=-1e9).median())
+    w = {r["reference"]: r["weight"] for r in recipe["components"]}
+    assert w["ft1"] == pytest.approx(true_t / 2, abs=0.03) and w["ft6"] == pytest.approx(true_t / 2, abs=0.03), text
+    assert recipe["method"]["parameters"]["ratio"] == pytest.approx(true_t, abs=0.05)
+    assert recipe["unexplained"] < 0.15 and recipe["confidence"]["level"] != "high", text
+    assert "A linear fit alone leaves" in text
+
+
+def test_layers_with_inf_are_left_out_of_the_fit_not_read_as_a_change(
+    library: Path, family: dict, tmp_path: Path
+) -> None:
+    """A full-size model-stock merge holds Inf in its 1x1 kernels (t = 2 cos / (1 + cos) at cos = -1); the
+    fingerprint keeps 0 in their place, which read as a change of minus the base (full size: kind
+    'lora', no ingredient; here, a weighted sum with 56% unexplained)."""
+    hit: list[int] = []
+
+    def blown(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = 0.6 * a + 0.4 * b
+        if out.dim() == 4 and out.shape[-1] == 1 and len(hit) < 30:  # 1x1 kernels, as model stock blows up
+            hit.append(1)
+            out.view(-1)[::97] = float("inf")
+        return out
+
+    path = _formula(family, tmp_path / "blown.safetensors", blown, "ft2", "ft3")
+    recipe, text = _analyze(path, library)
+    w = {r["reference"]: r["weight"] for r in recipe["components"]}
+    assert recipe["kind"] == "weighted_sum", text
+    assert w["ft2"] == pytest.approx(0.6, abs=0.02) and w["ft3"] == pytest.approx(0.4, abs=0.02)
+    assert recipe["unexplained"] < 0.05, text
+    assert any("NaN/Inf" in n and "left out of the recipe fit" in n for n in recipe["notes"]), recipe["notes"]
 
 
 def test_a_block_merge_of_low_rank_fine_tunes_is_block_weighted_not_a_lora(tmp_path: Path) -> None:
