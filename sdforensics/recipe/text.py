@@ -204,6 +204,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
         lines.append(line)
     if m is not None and m.note:
         lines.append(f"Method: {m.note}.")
+    lines += [f"Left out: {n}." for n in est.notes if n.endswith("left out of the recipe fit")]
     for g in est.ambiguous:
         lines.append(
             f"Ambiguous: {' and '.join(g.references)} are nearly collinear (delta cosine {g.cosine:.2f}); "

@@ -245,6 +245,7 @@ def test_layers_with_inf_are_left_out_of_the_fit_not_read_as_a_change(
     assert w["ft2"] == pytest.approx(0.6, abs=0.02) and w["ft3"] == pytest.approx(0.4, abs=0.02)
     assert recipe["unexplained"] < 0.05, text
     assert any("NaN/Inf" in n and "left out of the recipe fit" in n for n in recipe["notes"]), recipe["notes"]
+    assert "Left out: 30 of" in text
 
 
 def test_a_block_merge_of_low_rank_fine_tunes_is_block_weighted_not_a_lora(tmp_path: Path) -> None:
