@@ -166,8 +166,9 @@ def identity_problems(
             problem(
                 "ema_present",
                 "info",
-                "EMA weights are stored too (model_ema.*): the file is larger than "
-                "needed for inference; a pruned copy keeps one set",
+                "EMA weights are stored too (model_ema.*): the model's own weights (model.diffusion_model.*) are "
+                "the ones fingerprinted and compared, the EMA set is left out; the file is larger than needed for "
+                "inference, a pruned copy keeps one set",
             )
         )
     floats = {k: v for k, v in ident.dtypes.items() if k.startswith(("F", "BF"))}

@@ -273,3 +273,50 @@ def test_a_block_merge_of_low_rank_fine_tunes_is_block_weighted_not_a_lora(tmp_p
     assert sm["models"] == ["ft1", "ft2"], text
     found = dict(zip(sm["blocks"], sm["alphas"], strict=True))
     assert max(abs(found[b] - a) for b, a in alphas.items()) <= 0.02, sm["text"]
+
+
+def test_the_inpainting_version_of_a_model_is_an_add_difference_across_the_inpainting_model(
+    family: dict, family_prints: dict, tmp_path: Path
+) -> None:
+    """The usual "inpainting version of X" = inpaint + (X - base): the UNet's conv_in has 9 input
+    channels (latent, mask, masked latent), X's change added to the first 4. With the inpainting model
+    in the library, the recipe names X, the inpainting model and the base, weights 1, 1, -1."""
+    from sdforensics import Library
+
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    base, ft2 = load_file(str(family["base"])), load_file(str(family["ft2"]))
+    gen = torch.Generator().manual_seed(5)
+    inpaint = {}
+    for k, v in base.items():  # the official inpainting model: the base trained further, conv_in widened
+        if not v.is_floating_point() or v.numel() < 2:
+            inpaint[k] = v
+            continue
+        inpaint[k] = (v.float() + 0.02 * v.float().std() * torch.randn(v.shape, generator=gen)).to(v.dtype)
+    c = inpaint[key]
+    inpaint[key] = torch.cat([c.float(), 0.05 * torch.randn((c.shape[0], 5, *c.shape[2:]), generator=gen)], 1).half()
+    save_file(inpaint, str(tmp_path / "inpaint.safetensors"))
+    out = {}
+    for k, v in inpaint.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif k == key:
+            t = v.float().clone()
+            t[:, :4] += ft2[k].float() - base[k].float()
+            out[k] = t.half()
+        else:
+            out[k] = (v.float() + ft2[k].float() - base[k].float()).to(v.dtype)
+    path = tmp_path / "ft2-inpainting.safetensors"
+    save_file(out, str(path))
+    lib = Library(tmp_path / "library")
+    for name, fp in family_prints.items():
+        lib.add(fp, "sd15" if name == "base" else name, official=name == "base")
+    assert sdf("refs", "add", tmp_path / "inpaint.safetensors", "--name", "sd15-inpainting",
+               "--library", lib.folder).exit_code == 0
+    doc = json.loads(sdf("analyze", path, "--library", lib.folder, "-f", "json").stdout)
+    recipe, text = doc["recipe"], "\n".join(doc["recipe"]["summary"])
+    assert doc["architecture"]["variant"] == "inpainting"
+    assert recipe["kind"] == "add_difference", text
+    w = {r["reference"]: r["weight"] for r in recipe["components"]}
+    assert set(w) == {"ft2", "sd15-inpainting", "sd15"}, text
+    assert w["ft2"] == pytest.approx(1.0, abs=0.02) and w["sd15-inpainting"] == pytest.approx(1.0, abs=0.02)
+    assert w["sd15"] == pytest.approx(-1.0, abs=0.02) and recipe["unexplained"] < 0.05

@@ -75,3 +75,32 @@ def test_a_child_saved_in_fp8_is_not_called_a_copy(family_specs_sd1: dict, libra
     assert recipe["copy_of"] is None
     assert "re-save of" not in " ".join(recipe["notes"])
     assert "ft3" in {c["reference"] for c in recipe["components"]}
+
+
+def test_a_checkpoint_with_ema_weights_is_read_by_its_own_weights_and_says_so(
+    family: dict, library: Path, tmp_path: Path
+) -> None:
+    """A full (unpruned) checkpoint carries the EMA copy of the UNet (``model_ema.*``, dots dropped from
+    the names) beside the model. The model's own weights are analysed: the full checkpoint of ft3 is
+    ft3, and the report says the EMA set was left out. The pruned file (EMA dropped) is the same model."""
+    sd = load_file(str(family["ft3"]))
+    gen = torch.Generator().manual_seed(1)
+    full = dict(sd)
+    for k, v in sd.items():
+        if k.startswith("model.diffusion_model.") and v.is_floating_point():  # EMA differs from the model
+            noise = 0.05 * v.float().std() * torch.randn(v.shape, generator=gen) if v.numel() > 1 else 0.0
+            full["model_ema." + k[len("model."):].replace(".", "")] = (v.float() + noise).to(v.dtype)
+    full["model_ema.decay"] = torch.tensor(0.9999)
+    full["model_ema.num_updates"] = torch.tensor(10000)
+    save_file(full, str(tmp_path / "ft3-full-ema.safetensors"))
+    res = sdf("analyze", tmp_path / "ft3-full-ema.safetensors", "--library", library, "-f", "json")
+    doc = json.loads(res.stdout)
+    assert doc["recipe"]["kind"] == "copy" and doc["recipe"]["copy_of"] == "ft3", doc["recipe"]["summary"]
+    ema = [p for p in doc["problems"] if p["code"] == "ema_present"]
+    assert ema and "EMA set is left out" in ema[0]["message"]
+    text = sdf("analyze", tmp_path / "ft3-full-ema.safetensors", "--library", library).stdout
+    assert "the EMA set is left out" in text
+    # the same model's pruned copy: the content hashes agree (the EMA set is in neither), the recipe is ft3 again
+    pruned = json.loads(sdf("analyze", family["ft3"], "--library", library, "-f", "json").stdout)
+    assert pruned["content_hashes"] == doc["content_hashes"]
+    assert pruned["recipe"]["kind"] == "copy" and pruned["recipe"]["copy_of"] == "ft3"
