@@ -786,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _, paths = recipes.ensure_models(args.out, args.width, args.seed)
     library = args.out / f"library-w{args.width}"
-    if not (library / "library.json").exists():
+    if not recipes.library_ready(library):
         library = recipes.build_library(args.out, args.width, paths)
     work = args.out / f"methods-w{args.width}"
     work.mkdir(parents=True, exist_ok=True)

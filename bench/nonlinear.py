@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     recipes.log(f"width 1/{args.width}; out {args.out}")
     _, paths = recipes.ensure_models(args.out, args.width, args.seed)
     library = args.out / f"library-w{args.width}"
-    if args.rebuild_library or not (library / "library.json").exists():
+    if args.rebuild_library or not recipes.library_ready(library):
         library = recipes.build_library(args.out, args.width, paths)
     work = args.out / f"nonlinear-w{args.width}"
     work.mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,15 @@ def ensure_models(out: Path, width: int, seed: int) -> tuple[dict[str, Spec], di
     return specs, paths
 
 
+def library_ready(folder: Path) -> bool:
+    """``folder`` is a finished library of this family (every name of LIBRARY in its catalog)."""
+    from sdforensics import Library
+
+    if not (folder / "library.sqlite").exists():
+        return False
+    return set(LIBRARY) <= {e.name for e in Library(folder).entries}
+
+
 def build_library(out: Path, width: int, paths: dict[str, Path]) -> Path:
     from sdforensics import Library, fingerprint
 
