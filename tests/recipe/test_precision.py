@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from sdforensics.synth.specs import FineTune, Merge, write_safetensors
 
-FORMATS = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+FORMATS = {"fp8": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "bf16": torch.bfloat16}
+NAMED = {"fp8": "fp8 e4m3fn", "fp8_e5m2": "fp8 e5m2", "bf16": "bf16"}
 
 
 def _analyze(path: Path, library: Path) -> dict[str, Any]:
@@ -47,22 +48,25 @@ def test_a_resave_of_a_library_model_is_a_copy_of_it(
     assert recipe["kind"] == "copy", recipe["summary"]
     assert recipe["copy_of"] == "ft3"
     assert recipe["unexplained"] == 0.0
-    assert f"re-save of ft3 in {'fp8 e4m3fn' if fmt == 'fp8' else 'bf16'}" in " ".join(recipe["notes"])
+    assert f"re-save of ft3 in {NAMED[fmt]}" in " ".join(recipe["notes"])
 
 
-def test_a_weighted_sum_saved_in_fp8_keeps_its_weights(family_specs_sd1: dict, library: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["fp8", "fp8_e5m2"])
+def test_a_weighted_sum_saved_in_fp8_keeps_its_weights(
+    fmt: str, family_specs_sd1: dict, library: Path, tmp_path: Path
+) -> None:
     s = family_specs_sd1
     truth = {"ft2": 0.6, "ft4": 0.4}
     spec = Merge(tuple((w, s[n]) for n, w in truth.items()))
-    path = write_safetensors(spec, tmp_path / "mix_fp8.safetensors", dtype=torch.float8_e4m3fn)
+    path = write_safetensors(spec, tmp_path / f"mix_{fmt}.safetensors", dtype=FORMATS[fmt])
     recipe = _analyze(path, library)
     assert recipe["kind"] != "copy"
     found = {c["reference"]: c["weight"] for c in recipe["components"]}
     assert set(found) == set(truth), recipe["summary"]
     for name, w in truth.items():
         assert found[name] == pytest.approx(w, abs=0.02), recipe["text"]
-    assert recipe["unexplained"] < 0.1, recipe["text"]  # the e4m3 rounding noise is left out
-    assert "stored in fp8 e4m3fn" in " ".join(recipe["notes"])
+    assert recipe["unexplained"] < 0.1, recipe["text"]  # the fp8 rounding noise is left out
+    assert f"stored in {NAMED[fmt]}" in " ".join(recipe["notes"])
 
 
 def test_a_child_saved_in_fp8_is_not_called_a_copy(family_specs_sd1: dict, library: Path, tmp_path: Path) -> None:
