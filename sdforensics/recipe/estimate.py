@@ -407,6 +407,12 @@ def _recognise_method(
             "ingredients' changes, rescaled",
         )
         return kind, method, u
+    if kind in ("lora", "unknown") and has_samples and base is not None and linear_u >= ROBUST_REFIT_MIN:
+        # a merge that blew up a few vectors (model stock at full size) swamps the least-squares fit, which
+        # then finds no ingredient, and the blown-up rows look like a rank-1 LoRA
+        stock = _model_stock(prob, names, base, linear_u)
+        if stock is not None and stock.unexplained is not None:
+            return "weighted_sum", stock, stock.unexplained
     if kind not in ("weighted_sum", "add_difference", "block_weighted", "finetune") or base is None:
         return kind, None, linear_u
     model_cols = [c for c in fit.columns if c < prob.n_model]
@@ -450,20 +456,32 @@ def _recognise_method(
             )
             return "unknown_method", unknown, linear_u
     if has_samples and kind in ("weighted_sum", "block_weighted") and linear_u >= ROBUST_REFIT_MIN:
-        cands = [i for i in range(len(names)) if i != prob.pivot]
-        rob = robust_sample_fit(st, sr, prob.pivot, cands)
-        found = name_robust(rob[0], rob[1], [names[i] for i in cands], names[base], linear_u) if rob else None
-        if found is not None:
-            ratio = dict(found.parameters)["ratio"]
-            ings = [index[n] for n in found.ingredients]
-            u, blown = model_stock_unexplained(st, sr, prob.pivot, ings, ratio, energy)
-            if blown <= MODEL_STOCK_BLOWN_MAX:
-                note = (f"{found.note}; measured against ratio x the ingredients' mean change, {percent(u)} is left, "
-                        f"and {percent(blown)} of the sampled coordinates lie far off it (the vectors model stock "
-                        "blew up)")
-                return kind, replace(found, unexplained=u, note=note), u
-            return kind, found, linear_u
+        stock = _model_stock(prob, names, base, linear_u)
+        if stock is not None:
+            return kind, stock, stock.unexplained if stock.unexplained is not None else linear_u
     return kind, named, linear_u
+
+
+def _model_stock(prob: _Problem, names: Sequence[str], base: int, linear_u: float) -> MethodFinding | None:
+    """Model stock found by the robust refit of the exact samples (equal weights on two or more
+    ingredients, the rest on the base), with the share its own model leaves when no more than
+    ``MODEL_STOCK_BLOWN_MAX`` of the coordinates are blown up; None when the refit finds anything else."""
+    st = [la.sample_target for la in prob.layers]
+    sr = [la.sample_refs for la in prob.layers]
+    cands = [i for i in range(len(names)) if i != prob.pivot]
+    rob = robust_sample_fit(st, sr, prob.pivot, cands)
+    found = name_robust(rob[0], rob[1], [names[i] for i in cands], names[base], linear_u) if rob else None
+    if found is None:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    ratio = dict(found.parameters)["ratio"]
+    u, blown = model_stock_unexplained(st, sr, prob.pivot, [index[n] for n in found.ingredients], ratio,
+                                       prob.grams.yy)
+    if blown > MODEL_STOCK_BLOWN_MAX:
+        return found
+    note = (f"{found.note}; measured against ratio x the ingredients' mean change, {percent(u)} is left, "
+            f"and {percent(blown)} of the sampled coordinates lie far off it (the vectors model stock blew up)")
+    return replace(found, unexplained=u, note=note)
 
 
 def estimate_recipe(
@@ -543,6 +561,7 @@ def estimate_recipe(
     )
     if method is not None and method.family == "model_stock" and method.unexplained is not None:
         weights = _robust_weights(fitter.prob, layers, names, method.ingredients) or weights
+        loras = [lo for lo in loras if lo.reference is not None]  # an unknown "LoRA" was the blown-up rows
     return RecipeEstimate(
         block_convention=block_convention,
         kind=kind,

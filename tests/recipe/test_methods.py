@@ -223,6 +223,31 @@ def test_model_stock_vector_by_vector_is_found_by_the_robust_refit(library: Path
     assert "A linear fit alone leaves" in text
 
 
+def test_model_stock_whose_blown_up_vectors_swamp_the_fit_is_not_a_lora(library: Path, family: dict, tmp_path: Path):
+    """At full size sd-mecha's model stock blows up enough vectors (t = 2 cos / (1 + cos) as cos nears -1,
+    still finite in fp16) that the least-squares fit finds no ingredient at all, and each blown-up row,
+    a rank-1 change, made the file read as 'base + unknown LoRA (rank 1, 53 layers)', 100% unexplained.
+    Here a few rows of every 3x3 kernel are blown up the way it does (t = -500)."""
+
+    def stock(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        da, db = a - base, b - base
+        if base.dim() == 0:
+            return base
+        cos = torch.nn.functional.cosine_similarity(da, db, dim=-1, eps=1e-6)
+        t = (2 * cos / (1 + cos)).clamp(-500.0, 1.0)
+        if base.dim() == 4 and base.shape[-1] == 3:
+            t.view(-1)[::40] = -500.0
+        return base + t.unsqueeze(-1) * (da + db) / 2
+
+    path = _formula(family, tmp_path / "stock.safetensors", stock, "base", "ft1", "ft6")
+    recipe, text = _analyze(path, library)
+    assert recipe["kind"] == "weighted_sum" and recipe["method"]["name"] == "model_stock", text
+    assert not recipe["loras"], text
+    w = {r["reference"]: r["weight"] for r in recipe["components"]}
+    assert set(w) >= {"ft1", "ft6"} and abs(w["ft1"] - w["ft6"]) < 0.05, text
+    assert recipe["unexplained"] < 0.2, text
+
+
 def test_layers_with_inf_are_left_out_of_the_fit_not_read_as_a_change(
     library: Path, family: dict, tmp_path: Path
 ) -> None:
