@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    _, paths = recipes.ensure_models(args.out, args.width, args.seed)
-    library = args.out / f"library-w{args.width}"
-    if not recipes.library_ready(library):
-        library = recipes.build_library(args.out, args.width, paths)
+    paths, library = recipes.family_and_library(args.out, args.width, args.seed)
     work = args.out / f"fp8-w{args.width}"
     work.mkdir(parents=True, exist_ok=True)
     files = {}

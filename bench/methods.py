@@ -784,10 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from sd_mecha.extensions import merge_methods as mmx
 
-    _, paths = recipes.ensure_models(args.out, args.width, args.seed)
-    library = args.out / f"library-w{args.width}"
-    if not recipes.library_ready(library):
-        library = recipes.build_library(args.out, args.width, paths)
+    paths, library = recipes.family_and_library(args.out, args.width, args.seed)
     work = args.out / f"methods-w{args.width}"
     work.mkdir(parents=True, exist_ok=True)
 

@@ -206,6 +206,15 @@ def library_ready(folder: Path) -> bool:
     return set(LIBRARY) <= {e.name for e in Library(folder).entries}
 
 
+def family_and_library(out: Path, width: int, seed: int) -> tuple[dict[str, Path], Path]:
+    """The family's model files (written once) and its finished library (built once), under ``out``."""
+    _, paths = ensure_models(out, width, seed)
+    library = out / f"library-w{width}"
+    if not library_ready(library):
+        library = build_library(out, width, paths)
+    return paths, library
+
+
 def build_library(out: Path, width: int, paths: dict[str, Path]) -> Path:
     from sdforensics import Library, fingerprint
 

@@ -133,12 +133,13 @@ def fp8_to_f16(raw: np.ndarray, code: str) -> np.ndarray:
     """fp8 bytes (uint8 array) as the fp16 bit patterns of their values (uint16 array), exactly.
 
     Looked up two bytes at a time in a 65,536-entry table (256 KiB, cache resident): 1.1 ns a
-    value against 1.8 ns one byte at a time (measured on 20 M values).
+    value against 1.8 ns one byte at a time (measured on 20 M values). ``np.take`` rather than
+    fancy indexing: 1.5 ns a value against 2.6 ns on 40 M values (2026-12-06, a loaded 2-core machine).
     """
     flat = raw.reshape(-1)
     if flat.size % 2 == 0 and flat.flags.c_contiguous:
-        return _fp8_pairs_to_f16_bits(code)[flat.view("<u2")].view(np.uint16)
-    return fp8_to_f16_bits(code)[flat]
+        return np.take(_fp8_pairs_to_f16_bits(code), flat.view("<u2")).view(np.uint16)
+    return np.take(fp8_to_f16_bits(code), flat)
 
 
 def widen_fp8(raw: torch.Tensor, code: str) -> torch.Tensor:
