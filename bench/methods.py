@@ -500,11 +500,14 @@ def model_stock_ratio(base: Path, models: tuple[Path, ...], stock_t: Callable[..
     """The truth for model stock's ratio: sd-mecha takes t = n cos / (1 + (n-1) cos) vector by vector
     along the last axis, so a merge has one t per row; this is the median over every coordinate of
     the t it was merged with (what most of the file was made at)."""
+    from contextlib import ExitStack
+
     from safetensors import safe_open
 
     ts, ns = [], []
-    with safe_open(str(base), "pt") as fb:
-        opened = [safe_open(str(m), "pt") for m in models]
+    with ExitStack() as stack:
+        fb = stack.enter_context(safe_open(str(base), "pt"))
+        opened = [stack.enter_context(safe_open(str(m), "pt")) for m in models]
         for key in fb.keys():  # noqa: SIM118 - safe_open has no __iter__
             b = fb.get_tensor(key)
             if not b.is_floating_point() or b.ndim == 0:

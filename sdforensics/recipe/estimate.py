@@ -49,6 +49,7 @@ from sdforensics.recipe.methods import (
 from sdforensics.recipe.nonlinear import detect_elementwise, detect_lowrank, numerical_rank
 from sdforensics.recipe.results import (
     BLOCK_CONVENTION,
+    LEFT_OUT_OF_FIT,
     AmbiguousGroup,
     BlockFit,
     ElementwiseFinding,
@@ -519,8 +520,8 @@ def estimate_recipe(
     notes: list[str] = [f"blocks: {block_convention}"]
     if len(layers) < all_layers:
         notes.append(
-            f"{all_layers - len(layers)} of {all_layers} layers hold NaN/Inf values (see the problems) and are left "
-            "out of the recipe fit"
+            f"{all_layers - len(layers)} of {all_layers} layers hold NaN/Inf values (see the problems) and are "
+            + LEFT_OUT_OF_FIT
         )
     if base is None:
         notes.append(f"no official base in the library: deltas are taken from the nearest reference, {names[pivot]}")

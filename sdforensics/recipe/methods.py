@@ -409,11 +409,7 @@ def model_stock_unexplained(
         weights.append(float(energy[li]) if li < energy.size and np.isfinite(energy[li]) else 0.0)
     if not shares:
         return 1.0, 0.0
-    w = np.asarray(weights)
-    sh = np.asarray(shares)
-    if w.sum() <= 0:
-        w = np.ones_like(sh)
-    return float(np.sqrt((sh * w).sum() / w.sum())), n_out / max(n_all, 1)
+    return _pooled_share(shares, weights), n_out / max(n_all, 1)
 
 
 MODEL_STOCK_OUTLIER = 8.0
@@ -514,10 +510,16 @@ def elementwise_unexplained(
         resid = np.minimum(resid, np.abs(t))
         shares.append(float(resid @ resid) / den)
         weights.append(float(energy[li]) if li < energy.size else 0.0)
+    return _pooled_share(shares, weights)
+
+
+def _pooled_share(shares: Sequence[float], weights: Sequence[float]) -> float:
+    """One share of the change left (a norm ratio) from each layer's share of its squared change,
+    the layers weighted by their share of the change (equally when none has any); 1 without layers."""
     if not shares:
         return 1.0
-    w = np.asarray(weights)
-    s = np.asarray(shares)
+    w = np.asarray(weights, dtype=np.float64)
+    s = np.asarray(shares, dtype=np.float64)
     if w.sum() <= 0:
         w = np.ones_like(s)
     return float(np.sqrt((s * w).sum() / w.sum()))

@@ -102,6 +102,10 @@ class MethodFinding:
     note: str = ""
 
 
+LEFT_OUT_OF_FIT = "left out of the recipe fit"
+"""How a note that tells which layers the recipe fit could not use ends (the summary shows such notes)."""
+
+
 @dataclass(frozen=True)
 class SuperMergerWeights:
     """Per-block alpha that reproduces a block-weighted merge in SuperMerger / sd-mecha.

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdforensics.core.safetext import percent
-from sdforensics.recipe.results import RecipeEstimate, Weight
+from sdforensics.recipe.results import LEFT_OUT_OF_FIT, RecipeEstimate, Weight
 
 #: unexplained share from which the summary says an unknown ingredient is likely
 UNKNOWN_LIKELY = 0.3
@@ -204,7 +204,7 @@ def summarize(est: RecipeEstimate) -> list[str]:
         lines.append(line)
     if m is not None and m.note:
         lines.append(f"Method: {m.note}.")
-    lines += [f"Left out: {n}." for n in est.notes if n.endswith("left out of the recipe fit")]
+    lines += [f"Left out: {n}." for n in est.notes if n.endswith(LEFT_OUT_OF_FIT)]
     for g in est.ambiguous:
         lines.append(
             f"Ambiguous: {' and '.join(g.references)} are nearly collinear (delta cosine {g.cosine:.2f}); "
